@@ -1,0 +1,5 @@
+import sys
+
+from hybridnas.cli import main
+
+sys.exit(main())

