@@ -26,6 +26,7 @@ BAD_SPECS = [
     ({"pattern": "*-", "d_model": 100, "attn": {"n_heads": 3}}, "attn.n_heads=3 does not divide d_model=100"),
     ({"pattern": "*-", "attn": {"n_heads": 8, "n_kv_heads": 3}}, "attn.n_kv_heads=3 does not divide attn.n_heads=8"),
     ({"pattern": "*-", "attn": {"n_heads": 8, "head_dim": 32}}, "attn.n_heads=8 x attn.head_dim=32 = 256, expected d_model=512"),
+    ({"pattern": "*-", "d_model": 90, "attn": {"n_heads": 6}}, "attn.head_dim=15 must be even for rotary embeddings"),
     ({"pattern": "W-", "attn": {"window": 0}}, "attn.window=0: input should be greater than 0"),
     ({"pattern": "*-", "attn": {"rope": "yes"}}, "attn.rope='yes': input should be a valid boolean"),
     ({"pattern": "M-", "ssm": {"head_dim": 48}}, "ssm.head_dim=48 does not divide the Mamba-2 width ssm.expand*d_model=1024"),

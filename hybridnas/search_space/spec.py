@@ -245,6 +245,8 @@ class ArchSpec(_Frozen):
                     f"attn.n_heads={a.n_heads} x attn.head_dim={a.head_dim} = "
                     f"{a.n_heads * a.head_dim}, expected d_model={d}"
                 )
+            if a.rope and a.head_dim % 2:
+                raise ValueError(f"attn.head_dim={a.head_dim} must be even for rotary embeddings (attn.rope=true)")
             if a.n_heads % a.n_kv_heads:
                 raise ValueError(f"attn.n_kv_heads={a.n_kv_heads} does not divide attn.n_heads={a.n_heads}")
         if used & {"M", "H"}:

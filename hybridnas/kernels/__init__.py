@@ -1,0 +1,41 @@
+"""Numeric primitives with swappable backends; each has a plain-PyTorch reference.
+
+Ops (shapes in each module's docstring): ``ssd_scan`` (chunked SSD with initial and final
+state), ``ssd_step`` (one decode token), ``causal_attention`` (optional sliding window),
+``attention_decode`` (one query against a KV cache), ``causal_conv1d`` and
+``causal_conv1d_step``, ``expert_swiglu`` (dropless MoE experts). ``backends()`` says which
+implementation each op uses and why.
+"""
+
+from hybridnas.kernels import attention, conv, moe, ssd
+from hybridnas.kernels.registry import Op
+
+__all__ = [
+    "ssd_scan",
+    "ssd_step",
+    "causal_attention",
+    "attention_decode",
+    "causal_conv1d",
+    "causal_conv1d_step",
+    "expert_swiglu",
+    "backends",
+    "OPS",
+]
+
+ssd_scan = Op("ssd_scan", ssd.ssd_chunked)
+ssd_step = Op("ssd_step", ssd.ssd_step)
+causal_attention = Op("causal_attention", attention.causal_attention)
+attention_decode = Op("attention_decode", attention.attention_decode)
+causal_conv1d = Op("causal_conv1d", conv.causal_conv1d)
+causal_conv1d_step = Op("causal_conv1d_step", conv.causal_conv1d_step)
+expert_swiglu = Op("expert_swiglu", moe.expert_swiglu)
+
+OPS: dict[str, Op] = {
+    op.name: op
+    for op in (ssd_scan, ssd_step, causal_attention, attention_decode, causal_conv1d, causal_conv1d_step, expert_swiglu)
+}
+
+
+def backends() -> dict[str, dict[str, str]]:
+    """{op name: {"backend": ..., "reason": ...}} for every op."""
+    return {name: {"backend": op.backend, "reason": op.reason} for name, op in OPS.items()}

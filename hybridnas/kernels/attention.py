@@ -1,0 +1,44 @@
+"""Causal attention: reference implementations over ``scaled_dot_product_attention``.
+
+q [batch, Hq, T, d]; k, v [batch, Hkv, T, d] with Hkv dividing Hq (grouped-query).
+``window`` w: query t sees keys t-w+1..t (w keys, itself included); None means global.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["causal_attention", "attention_decode"]
+
+
+@lru_cache(maxsize=32)
+def window_mask(seq_len: int, window: int, device: torch.device) -> Tensor:
+    """[T, T] bool, True where query i may see key j: i - window < j <= i. Cached: a
+    constant per (T, w), which also lets FLOP tracers read the window from the graph."""
+    i = torch.arange(seq_len, device=device)
+    offset = i[:, None] - i[None, :]
+    return (offset >= 0) & (offset < window)
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, window: int | None = None) -> Tensor:
+    """[batch, Hq, T, d] causal (optionally sliding-window) attention."""
+    gqa = q.shape[1] != k.shape[1]
+    t = q.shape[2]
+    if window is None or window >= t:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    mask = window_mask(t, window, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
+def attention_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, n_valid: int) -> Tensor:
+    """One query per sequence against a KV cache: q [batch, Hq, 1, d], caches
+    [batch, Hkv, S, d] of which the first ``n_valid`` slots are filled. Returns [batch, Hq, 1, d].
+
+    Slots may be in any order (a sliding window keeps a ring buffer): every filled slot is
+    a past key within the window, and attention does not depend on key order."""
+    k, v = k_cache[:, :, :n_valid], v_cache[:, :, :n_valid]
+    return F.scaled_dot_product_attention(q, k, v, enable_gqa=q.shape[1] != k.shape[1])

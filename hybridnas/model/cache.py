@@ -1,0 +1,58 @@
+"""Decode caches: per-layer state for generating one token at a time.
+
+Sizes match the cost model's ``cache_bytes``: attention keeps keys and values for
+min(max_len, window) positions; Mamba-2 keeps its SSM state and the last K conv inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+__all__ = ["AttentionCache", "Mamba2Cache", "HybridBlockCache", "LMCache"]
+
+
+@dataclass
+class AttentionCache:
+    k: Tensor  # [batch, n_kv_heads, slots, head_dim]; a window keeps a ring buffer
+    v: Tensor
+
+
+@dataclass
+class Mamba2Cache:
+    conv: Tensor  # [batch, d_inner + 2*G*N, K]: the last K conv inputs
+    ssm: Tensor  # [batch, n_heads, head_dim, d_state]
+
+
+@dataclass
+class HybridBlockCache:
+    attn: AttentionCache
+    ssm: Mamba2Cache
+
+
+@dataclass
+class LMCache:
+    layers: list  # one entry per pattern position; None for FFN layers
+    max_len: int
+    pos: int = 0  # tokens already in the cache
+
+    @property
+    def tensors(self) -> list[Tensor]:
+        out: list[Tensor] = []
+        for layer in self.layers:
+            out.extend(_tensors(layer))
+        return out
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors)
+
+
+def _tensors(obj: object) -> list[Tensor]:
+    if obj is None:
+        return []
+    if isinstance(obj, Tensor):
+        return [obj]
+    return [t for name in obj.__dataclass_fields__ for t in _tensors(getattr(obj, name))]
+
+

@@ -1,0 +1,28 @@
+"""The dense FFN ``-``: SwiGLU (Shazeer 2020), as in Llama."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hybridnas.search_space import ArchSpec
+
+__all__ = ["SwiGLU"]
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)). [..., d_model] -> [..., d_model].
+
+    ``d_ffn`` defaults to the spec's; MoE uses it for its shared experts."""
+
+    def __init__(self, d_model: int, *, layer_idx: int, spec: ArchSpec, d_ffn: int | None = None) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.d_ffn = d_ffn or spec.d_ffn
+        self.w_in = nn.Linear(d_model, 2 * self.d_ffn, bias=False)  # gate and up, fused
+        self.w_down = nn.Linear(self.d_ffn, d_model, bias=False)
+        self.w_down.is_residual_out = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.w_in(x).chunk(2, dim=-1)
+        return self.w_down(F.silu(gate) * up)

@@ -1,0 +1,112 @@
+"""The Mamba-2 mixer ``M`` (Dao & Gu 2024), laid out like mamba_ssm's ``Mamba2`` so weights
+map one to one: in_proj -> causal conv -> SSD -> gated RMSNorm -> out_proj."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hybridnas import kernels
+from hybridnas.kernels.conv import conv_state_from_prefix
+from hybridnas.model.cache import Mamba2Cache
+from hybridnas.model.norms import GatedRMSNorm
+from hybridnas.search_space import ArchSpec
+
+__all__ = ["Mamba2"]
+
+# mamba_ssm's defaults: dt ~ log-uniform in [1e-3, 1e-1] (floored at 1e-4); A ~ U[1, 16]
+DT_MIN, DT_MAX, DT_FLOOR = 1e-3, 1e-1, 1e-4
+A_INIT_RANGE = (1.0, 16.0)
+
+
+class Mamba2(nn.Module):
+    """[batch, T, d_model] -> [batch, T, d_model].
+
+    Channels: d_inner = expand * d_model, split into n_heads heads of ssm.head_dim, each
+    with its own decay A and step dt; B and C (d_state each) are shared by groups of heads.
+    The intra-layer hybrid reuses it as its SSM branch with a narrower ``d_inner`` and no
+    output projection (then the output is [batch, T, d_inner])."""
+
+    def __init__(
+        self, d_model: int, *, layer_idx: int, spec: ArchSpec, d_inner: int | None = None, out_proj: bool = True
+    ) -> None:
+        super().__init__()
+        s = spec.ssm
+        self.layer_idx = layer_idx
+        self.d_inner = d_inner or spec.dims.d_ssm
+        self.head_dim, self.d_state, self.n_groups = s.head_dim, s.d_state, s.n_groups
+        self.n_heads = self.d_inner // s.head_dim
+        self.chunk_size = s.chunk_size
+        self.conv_dim = self.d_inner + 2 * s.n_groups * s.d_state  # x, B and C go through the conv
+
+        self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.n_heads, bias=False)  # z, xBC, dt
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, s.conv_kernel, groups=self.conv_dim, bias=True)
+        self.dt_bias = nn.Parameter(torch.empty(self.n_heads))
+        self.A_log = nn.Parameter(torch.empty(self.n_heads))
+        self.D = nn.Parameter(torch.empty(self.n_heads))
+        self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // s.n_groups)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False) if out_proj else None
+        if self.out_proj is not None:
+            self.out_proj.is_residual_out = True
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """dt_bias = softplus^-1(dt) with dt log-uniform; A = -exp(A_log) with A ~ U[1, 16]; D = 1."""
+        dt = torch.exp(torch.rand(self.n_heads) * (math.log(DT_MAX) - math.log(DT_MIN)) + math.log(DT_MIN))
+        dt = dt.clamp(min=DT_FLOOR)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log.copy_(torch.log(torch.empty(self.n_heads).uniform_(*A_INIT_RANGE)))
+        self.D.fill_(1.0)
+        for p in (self.dt_bias, self.A_log, self.D):
+            p.no_weight_decay = True
+
+    def _split(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return zxbcdt.split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
+
+    def _ssm_inputs(self, xbc: Tensor, dt: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Split the conv output [..., conv_dim] into x [..., H, P], B and C [..., G, N];
+        dt [..., H] -> softplus(dt + bias); A [H]."""
+        gn = self.n_groups * self.d_state
+        x, B, C = xbc.split([self.d_inner, gn, gn], dim=-1)
+        x = x.unflatten(-1, (self.n_heads, self.head_dim))
+        B = B.unflatten(-1, (self.n_groups, self.d_state))
+        C = C.unflatten(-1, (self.n_groups, self.d_state))
+        dt = F.softplus(dt.float() + self.dt_bias.float())
+        A = -torch.exp(self.A_log.float())
+        return x, dt, A, B, C
+
+    def _out(self, y: Tensor, z: Tensor) -> Tensor:
+        y = self.norm(y, z)
+        return self.out_proj(y) if self.out_proj is not None else y
+
+    def forward(self, u: Tensor, cache: Mamba2Cache | None = None) -> Tensor:
+        """u [batch, T, d_model]; with ``cache`` (empty), also fills it: a prefill."""
+        batch, t, _ = u.shape
+        z, xbc, dt = self._split(self.in_proj(u))
+        xbc = xbc.transpose(1, 2)  # [batch, conv_dim, T]
+        if cache is not None:
+            cache.conv.copy_(conv_state_from_prefix(xbc, cache.conv.shape[-1]))
+        xbc = kernels.causal_conv1d(xbc, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu").transpose(1, 2)
+        x, dt, A, B, C = self._ssm_inputs(xbc, dt)
+        y, final_state = kernels.ssd_scan(x, dt, A, B, C, D=self.D, chunk_size=self.chunk_size)
+        if cache is not None:
+            cache.ssm.copy_(final_state)
+        return self._out(y.flatten(-2), z)
+
+    def allocate_cache(self, batch: int, max_len: int, *, device=None, dtype=None) -> Mamba2Cache:
+        """Constant in ``max_len``: the SSM state and the last K conv inputs."""
+        conv = torch.zeros(batch, self.conv_dim, self.conv1d.kernel_size[0], device=device, dtype=dtype)
+        ssm = torch.zeros(batch, self.n_heads, self.head_dim, self.d_state, device=device, dtype=dtype)
+        return Mamba2Cache(conv, ssm)
+
+    def step(self, u: Tensor, cache: Mamba2Cache, pos: int) -> Tensor:
+        """One token u [batch, d_model] -> [batch, d_model]; advances the cache in place."""
+        z, xbc, dt = self._split(self.in_proj(u))
+        xbc = kernels.causal_conv1d_step(xbc, cache.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
+        x, dt, A, B, C = self._ssm_inputs(xbc, dt)
+        y = kernels.ssd_step(cache.ssm, x, dt, A, B, C, D=self.D)
+        return self._out(y.flatten(-2), z)
