@@ -32,6 +32,7 @@ app = typer.Typer(
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 
 EXIT_BAD_INPUT = 2
+MODULE_TABLE_MAX_PARAMS = 2_000_000_000  # 8 GB of fp32 weights on the CPU
 
 
 class UserError(Exception):
@@ -137,13 +138,32 @@ def inspect(
     d_model: DModel = None,
     seq_len: SeqLen = 2048,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    module_table: Annotated[
+        bool, typer.Option("--module-table", help="Also build the model and print fvcore's per-module FLOP table.")
+    ] = False,
 ) -> None:
     """Per-layer parameters, training FLOPs/token and cache bytes of one candidate."""
     report = cost(load_spec(target, d_model), seq_len)
+    table = _module_table(report) if module_table else None
     if as_json:
-        print(json.dumps({"id": report.spec.short_id, "description": report.spec.describe(), **report.to_dict()}, indent=2))
-    else:
-        print_cost_table(target, report)
+        extra = {"module_table": table} if table is not None else {}
+        out = {"id": report.spec.short_id, "description": report.spec.describe(), **report.to_dict(), **extra}
+        print(json.dumps(out, indent=2))
+        return
+    print_cost_table(target, report)
+    if table is not None:
+        print(f"fvcore, the real model: forward multiply-adds for one sequence of {report.seq_len} tokens\n{table}")
+
+
+def _module_table(report: CostReport) -> str:
+    if report.total.params > MODULE_TABLE_MAX_PARAMS:
+        raise UserError(
+            f"--module-table builds the model on CPU; {human(report.total.params)} parameters is more than "
+            f"{human(MODULE_TABLE_MAX_PARAMS)}: pass a smaller --d-model"
+        )
+    from hybridnas.proxies.flops import module_table
+
+    return module_table(report.spec, report.seq_len)
 
 
 @app.command()
@@ -219,6 +239,10 @@ def doctor() -> None:
         version = _version(dist)
         status = "not installed" if version == "not installed" else f"{version}, {_imports(module)}"
         table.add_row(f"optional: {dist}", status)
+    from hybridnas.kernels import backends
+
+    for op, choice in backends().items():
+        table.add_row(f"kernel: {op}", f"{choice['backend']}: {choice['reason']}")
     console.print(table)
 
 

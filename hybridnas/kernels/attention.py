@@ -26,8 +26,8 @@ def window_mask(seq_len: int, window: int, device: torch.device) -> Tensor:
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, window: int | None = None) -> Tensor:
     """[batch, Hq, T, d] causal (optionally sliding-window) attention."""
-    gqa = q.shape[1] != k.shape[1]
-    t = q.shape[2]
+    gqa = bool(q.shape[1] != k.shape[1])  # a Python bool also under jit tracing
+    t = int(q.shape[2])  # a Python int also under jit tracing (a cache key for the mask)
     if window is None or window >= t:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     mask = window_mask(t, window, q.device)
@@ -41,4 +41,4 @@ def attention_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, n_valid: int) 
     Slots may be in any order (a sliding window keeps a ring buffer): every filled slot is
     a past key within the window, and attention does not depend on key order."""
     k, v = k_cache[:, :, :n_valid], v_cache[:, :, :n_valid]
-    return F.scaled_dot_product_attention(q, k, v, enable_gqa=q.shape[1] != k.shape[1])
+    return F.scaled_dot_product_attention(q, k, v, enable_gqa=bool(q.shape[1] != k.shape[1]))

@@ -23,7 +23,7 @@ def _activate(y: Tensor, activation: str | None) -> Tensor:
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None) -> Tensor:
     """[batch, C, T] -> [batch, C, T]."""
     k = weight.shape[-1]
-    y = F.conv1d(F.pad(x, (k - 1, 0)), weight.unsqueeze(1), bias, groups=x.shape[1])
+    y = F.conv1d(F.pad(x, (k - 1, 0)), weight.unsqueeze(1), bias, groups=int(weight.shape[0]))
     return _activate(y, activation)
 
 

@@ -66,7 +66,7 @@ class MoE(nn.Module):
         slots = experts.flatten()
         order = slots.argsort(stable=True)
         token_of = order // self.top_k
-        counts = torch.bincount(slots, minlength=self.n_experts)
+        counts = slots.new_zeros(self.n_experts).index_add_(0, slots, torch.ones_like(slots))  # meta-friendly bincount
         out = kernels.expert_swiglu(flat[token_of], counts, self.w_gate, self.w_up, self.w_down)
         out = out * weights.flatten()[order].unsqueeze(-1).to(out.dtype)
         y = torch.zeros_like(flat).index_add_(0, token_of, out)

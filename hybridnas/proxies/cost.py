@@ -30,7 +30,8 @@ is included. With D = d_model:
 the number of (query, key) pairs a causal mask allows — T(T+1)/2 globally, and with a
 window of w keys per query Σ_t min(t, w) (exact; DESIGN.md's "replace T by min(T, w)" would
 halve the cost of long windowed sequences); per Mamba-2 layer 3·(9·d_in·N + 2·d_in) for the
-SSD scan; the LM head 6·D·V (tied or not). Elementwise work (norms, activations, gates,
+SSD scan; the LM head 6·D·V (tied or not); merge-attention's W_k (m·m) runs on both branch outputs,
+so it adds 6·m·m once more. Elementwise work (norms, activations, gates,
 merges, softmax) is not counted, as in Bae et al.
 
 **Inference FLOPs** per new token with T tokens of context (itself included):
@@ -214,6 +215,10 @@ def _layer_cost(spec: ArchSpec, index: int, symbol: str, seq_len: int, nbytes: i
         seen = seq_len if window is None else min(seq_len, window)
         infer += 4.0 * attn_d * seen
         cache += 2 * attn_kv * seen
+    if symbol == "H" and spec.hybrid.merge == "merge_attention":
+        m = dims.hybrid.merge_width  # W_k is applied to both branch outputs: once more than 6·N counts
+        train += 6.0 * m * m
+        infer += 2.0 * m * m
     if ssm_d:
         train += _ssd_train_flops(ssm_d, s.d_state)
         infer += _ssd_step_flops(ssm_d, s.d_state)
