@@ -168,3 +168,13 @@ def test_published_reference_points():
 def test_bad_seq_len():
     with pytest.raises(ValueError, match="seq_len=0: must be a positive integer"):
         cost(spec("M-"), 0)
+
+
+def test_merge_attention_counts_its_key_projection_twice():
+    """W_k (64x64 in d_model space) runs on both branch outputs: 6·N counts it once, the
+    model applies it twice, so the layer adds 6·64·64 training FLOPs on top."""
+    plain = cost(spec("H", hybrid={"merge": "sub"}), T).layers[0]
+    merge_attention = cost(spec("H", hybrid={"merge": "merge_attention"}), T).layers[0]
+    extra_params = 64 * 64 + 64 * 64  # W_q, W_k
+    assert merge_attention.params - plain.params == extra_params
+    assert merge_attention.train_flops_per_token - plain.train_flops_per_token == 6 * extra_params + 6 * 64 * 64

@@ -13,55 +13,7 @@ from hybridnas import ArchSpec, HybridLM
 from hybridnas.model import MoE
 from hybridnas.proxies.cost import cost
 from hybridnas.search_space import SpecError
-
-VOCAB = 97
-# Small enough for milliseconds, large enough for every split: 4 attention heads of 16,
-# Mamba-2 heads of 16 (8 of them), SSD chunks of 8 so T=21 spans chunks unevenly.
-TINY = {
-    "d_model": 64,
-    "vocab_size": VOCAB,
-    "attn": {"n_heads": 4, "n_kv_heads": 2, "window": 5},
-    "ssm": {"d_state": 16, "head_dim": 16, "chunk_size": 8},
-}
-# attn_fraction 2/3 gives equal branch widths (3 heads x 16 = 48 = 3 Mamba-2 heads x 16),
-# which a joint output projection needs for elementwise merges.
-JOINT = {"attn_fraction": 2 / 3, "out_proj": "joint"}
-
-
-def tiny(pattern: str, **more) -> ArchSpec:
-    sections = {key: {**TINY.get(key, {}), **value} if isinstance(value, dict) else value for key, value in more.items()}
-    return ArchSpec.from_pattern(pattern, **{**TINY, **sections})
-
-
-# Every hybrid option appears at least once, across both output projections.
-HYBRID_VARIANTS = [
-    {"merge": "sub", "norm": "group"},  # Bae et al.'s best (the default)
-    {"merge": "mean", "norm": "rms", **JOINT},  # Hymba
-    {"merge": "add", "norm": "none"},  # Falcon-H1
-    {"merge": "add", "norm": "group", "scale": "scalar", **JOINT},
-    {"merge": "sub", "norm": "rms", "scale": "vector", "gate": "sigmoid"},
-    {"merge": "concat", "norm": "group"},
-    {"merge": "concat", "norm": "rms", "scale": "vector", "gate": "sigmoid", "out_proj": "joint"},
-    {"merge": "merge_attention", "norm": "group"},
-    {"merge": "merge_attention", "norm": "none", "gate": "sigmoid", **JOINT},
-    {"merge": "mean", "scale": "scalar", "gate": "sigmoid"},
-]
-MOE_VARIANTS = [
-    {},  # Bae et al.: sigmoid router, top-1 of 8, 1 shared, aux-loss-free
-    {"router": "softmax", "top_k": 2, "n_shared": 0, "balance": "aux_loss"},  # Mixtral / Jamba-like
-    {"router": "sigmoid", "top_k": 2, "n_shared": 2, "n_experts": 4, "balance": "aux_loss"},
-    {"router": "softmax", "top_k": 1, "n_shared": 1, "n_experts": 16},
-]
-SPECS = {
-    "attention": tiny("*-*-"),
-    "window": tiny("W-W-"),
-    "mamba2": tiny("M-M-"),
-    "inter": tiny("M-*-W-M"),
-    "no-rope-untied": tiny("*-M-", attn={"rope": False}, tie_embeddings=False),
-    "groups": tiny("M-H-", ssm={"n_groups": 2}, hybrid={"attn_fraction": 0.5}),
-    **{f"intra-{i}-{v['merge']}": tiny("H-M-", hybrid=v) for i, v in enumerate(HYBRID_VARIANTS)},
-    **{f"moe-{i}": tiny("*EME", moe=v) for i, v in enumerate(MOE_VARIANTS)},
-}
+from specs import HYBRID_VARIANTS, JOINT, MOE_VARIANTS, SPECS, VOCAB, tiny
 
 
 def build(spec: ArchSpec, seed: int = 0) -> HybridLM:
@@ -334,3 +286,29 @@ def test_every_valid_spec_builds_runs_backward_and_matches_its_cost(spec):
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", ["intra-0-sub", "intra-1-mean", "moe-1", "inter"])
+def test_bf16_model_runs_and_decodes_on_cpu(name):
+    """Norms compute in fp32 whatever the weights' dtype; bf16 decode stays near forward."""
+    model = build(SPECS[name]).to(torch.bfloat16)
+    tokens = torch.randint(0, VOCAB, (2, 13), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        full = model(tokens).float()
+    cache = model.allocate_cache(2, 13)
+    stepped = torch.stack([model.step(tokens[:, i], cache) for i in range(13)], dim=1).float()
+    assert cache.tensors[0].dtype == torch.bfloat16
+    scale = full.abs().max()
+    torch.testing.assert_close(stepped / scale, full / scale, rtol=0, atol=5e-2)
+
+
+@pytest.mark.parametrize("name", ["intra-0-sub", "intra-7-merge_attention", "moe-1", "moe-2", "inter"])
+def test_bf16_autocast_training_step_on_cpu(name):
+    """Mixed precision as the trainer will run it: fp32 weights, bf16 autocast."""
+    model = HybridLM(SPECS[name])
+    tokens = torch.randint(0, VOCAB, (2, 17), generator=torch.Generator().manual_seed(7))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.loss(tokens)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

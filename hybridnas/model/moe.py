@@ -68,11 +68,12 @@ class MoE(nn.Module):
         token_of = order // self.top_k
         counts = slots.new_zeros(self.n_experts).index_add_(0, slots, torch.ones_like(slots))  # meta-friendly bincount
         out = kernels.expert_swiglu(flat[token_of], counts, self.w_gate, self.w_up, self.w_down)
-        out = out * weights.flatten()[order].unsqueeze(-1).to(out.dtype)
-        y = torch.zeros_like(flat).index_add_(0, token_of, out)
+        # combine in fp32: under autocast the experts' outputs are bf16, the stream is not
+        out = out.float() * weights.flatten()[order].unsqueeze(-1)
+        y = torch.zeros(flat.shape, dtype=torch.float32, device=flat.device).index_add_(0, token_of, out)
         if self.shared is not None:
             y = y + self.shared(flat)
-        return y.view(x.shape), self._balance_loss(counts, scores)
+        return y.to(x.dtype).view(x.shape), self._balance_loss(counts, scores)
 
     def _balance_loss(self, counts: Tensor, scores: Tensor) -> Tensor:
         if self.balance == "aux_loss":

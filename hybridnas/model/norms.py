@@ -13,13 +13,14 @@ EPS = 1e-5
 
 
 class RMSNorm(nn.RMSNorm):
-    """x / rms(x) * weight over the last dim, computed in fp32. [..., D] -> [..., D]."""
+    """x / rms(x) * weight over the last dim, computed in fp32 whatever the model's dtype.
+    [..., D] -> [..., D]."""
 
     def __init__(self, dim: int) -> None:
         super().__init__(dim, eps=EPS)
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.float()).to(x.dtype) if x.dtype != torch.float32 else super().forward(x)
+        return F.rms_norm(x.float(), self.normalized_shape, self.weight.float(), self.eps).to(x.dtype)
 
 
 class GatedRMSNorm(nn.Module):
@@ -42,8 +43,9 @@ class GroupNormPerToken(nn.GroupNorm):
     """GroupNorm over the channels of each token (groups = heads). [..., C] -> [..., C]."""
 
     def forward(self, x: Tensor) -> Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        return super().forward(flat.float()).to(x.dtype).view(x.shape)
+        flat = x.reshape(-1, x.shape[-1]).float()
+        y = F.group_norm(flat, self.num_groups, self.weight.float(), self.bias.float(), self.eps)
+        return y.to(x.dtype).view(x.shape)
 
 
 def branch_norm(kind: str, dim: int, groups: int) -> nn.Module:

@@ -1,0 +1,13 @@
+"""GPU tests carry ``@pytest.mark.gpu`` and are skipped where CUDA is not available."""
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
