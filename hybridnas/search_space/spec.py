@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hybridnas.search_space.errors import SpecError
+from hybridnas.search_space.errors import SpecError, format_validation_error
 from hybridnas.search_space.pattern import ATTENTION_SYMBOLS, MIXER_SYMBOLS, check_pattern
 
 __all__ = ["ArchSpec", "AttnConfig", "SSMConfig", "HybridConfig", "MoEConfig", "Dims", "HybridDims"]
@@ -142,7 +142,7 @@ class ArchSpec(_Frozen):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise SpecError(_format_errors(exc)) from None
+            raise SpecError(format_validation_error(exc, ArchSpec)) from None
 
     # ---- construction -------------------------------------------------------------------
 
@@ -373,36 +373,3 @@ def _check_hybrid(spec: ArchSpec) -> None:
             f"hybrid.merge='merge_attention' splits width {dims.merge_width} into heads of "
             f"attn.head_dim={a.head_dim}, which does not divide it"
         )
-
-
-# ---- error messages ---------------------------------------------------------------------
-
-
-def _format_errors(exc: ValidationError) -> str:
-    """All of pydantic's errors as one line, each naming its field."""
-    errors = exc.errors(include_url=False)
-    # A bad d_model stops derivation, so derived fields also show up as "missing": noise.
-    if any(e["type"] != "missing" for e in errors):
-        errors = [e for e in errors if e["type"] != "missing"]
-    return "; ".join(_format_error(e) for e in errors)
-
-
-def _format_error(error: dict) -> str:
-    loc = error["loc"]
-    path = ".".join(str(part) for part in loc)
-    kind = error["type"]
-    if kind == "value_error":  # raised by our validators: the message is complete
-        return str(error["ctx"]["error"])
-    if kind == "extra_forbidden":
-        return f"{path}: unknown key, expected one of {', '.join(_fields_at(loc[:-1]))}"
-    if kind == "missing":
-        return f"{path}: required"
-    message = error["msg"][0].lower() + error["msg"][1:]
-    return f"{path}={error['input']!r}: {message}"
-
-
-def _fields_at(loc: tuple) -> list[str]:
-    model: type[BaseModel] = ArchSpec
-    for part in loc:
-        model = model.model_fields[part].annotation  # type: ignore[assignment]
-    return list(model.model_fields)

@@ -1,0 +1,20 @@
+"""Training: data, the FLOP-budgeted loop, schedules, rung checkpoints, failures as results."""
+
+from hybridnas.trainer.config import ConfigError, TrainConfig
+from hybridnas.trainer.data import DataError, TokenData, load_tokens
+from hybridnas.trainer.train import BudgetError, CheckpointError, Plan, RungReport, TrainResult, make_plan, train
+
+__all__ = [
+    "train",
+    "TrainConfig",
+    "TrainResult",
+    "RungReport",
+    "Plan",
+    "make_plan",
+    "load_tokens",
+    "TokenData",
+    "ConfigError",
+    "DataError",
+    "BudgetError",
+    "CheckpointError",
+]

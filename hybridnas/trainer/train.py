@@ -1,0 +1,456 @@
+"""``train(spec, budget_flops, config) -> TrainResult``: one FLOP-budgeted training run.
+
+The budget becomes tokens through the analytic cost model: C / train_flops_per_token(spec, T),
+rounded to whole sequences (the last optimiser step may hold fewer), so the FLOPs spent land
+within half a sequence of the budget: within 1% once the budget buys 50 sequences. Every candidate of a study sees the same tokens in the
+same order for a given seed: batches are a pure function of (seed, step).
+
+Schedule: AdamW, linear warm-up, a stable phase at the peak rate, then a linear decay to 0
+over the last ``decay_frac`` of the steps (warmup-stable-decay; Bae et al. 2025 use it).
+
+Rungs (multi-fidelity): at each fraction in ``config.rungs`` (inside the stable phase) the
+run saves a checkpoint, branches off a short cool-down (``rung_cooldown_frac`` of the steps
+so far, the learning rate decaying linearly to 0), measures the validation loss there, then
+restores the checkpoint, so the main run continues exactly as if it had not stopped.
+``rung_callback(report) -> "continue" | "stop"`` decides; ``train(..., resume_from=path)``
+continues a stopped run from its rung checkpoint.
+
+Failures are results, never exceptions: a non-finite loss, or an EMA(0.9) of the training
+loss above ``diverge_factor`` x the first step's loss after warm-up, gives ``diverged``;
+CUDA out-of-memory gives ``oom``; anything else ``error``. Each keeps what was measured.
+Bad input (corpus, budget, checkpoint) raises before training starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from hybridnas.model import HybridLM
+from hybridnas.proxies.cost import train_flops_per_token
+from hybridnas.search_space import ArchSpec
+from hybridnas.trainer.config import TrainConfig
+from hybridnas.trainer.data import TokenData, load_tokens
+
+__all__ = ["train", "TrainResult", "RungReport", "Plan", "make_plan", "BudgetError", "CheckpointError"]
+
+Status = Literal["complete", "stopped", "diverged", "oom", "error"]
+RungCallback = Callable[["RungReport"], Literal["continue", "stop"]]
+
+EMA_DECAY = 0.9
+# dense bf16 tensor-core peaks (FLOP/s), for MFU
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+
+
+class BudgetError(ValueError):
+    """A FLOP budget that cannot buy one training sequence."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing or belongs to another run."""
+
+
+# ---- the plan: budget -> steps -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    seq_len: int
+    flops_per_token: float
+    total_seqs: int
+    batch_seqs: int
+    steps: int
+    warmup_steps: int
+    decay_steps: int
+    eval_steps: frozenset[int]
+    rung_steps: tuple[int, ...]
+
+    def seqs_at(self, step: int) -> int:
+        """Sequences in optimiser step ``step`` (0-indexed): full batches, then the remainder."""
+        return min(self.batch_seqs, self.total_seqs - step * self.batch_seqs)
+
+    def tokens_after(self, steps_done: int) -> int:
+        return min(steps_done * self.batch_seqs, self.total_seqs) * self.seq_len
+
+    def lr_factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if step < self.steps - self.decay_steps:
+            return 1.0
+        return (self.steps - step) / self.decay_steps
+
+
+def make_plan(spec: ArchSpec, budget_flops: float, config: TrainConfig) -> Plan:
+    t = config.seq_len
+    fpt = train_flops_per_token(spec, t)
+    total_seqs = round(budget_flops / (fpt * t))
+    if total_seqs < 1:
+        raise BudgetError(
+            f"budget {budget_flops:.3g} FLOPs is less than one training sequence "
+            f"({t} tokens x {fpt:.3g} FLOPs/token = {fpt * t:.3g})"
+        )
+    batch_seqs = max(1, min(total_seqs, config.batch_tokens // t))
+    steps = math.ceil(total_seqs / batch_seqs)
+    warmup = round(config.warmup_frac * steps)
+    decay = max(1, round(config.decay_frac * steps))
+    evals = frozenset(max(1, round(k * steps / config.eval_points)) for k in range(1, config.eval_points + 1)) | {steps}
+    rungs = tuple(sorted({min(max(1, round(f * steps)), max(1, steps - decay)) for f in config.rungs}))
+    return Plan(t, fpt, total_seqs, batch_seqs, steps, warmup, decay, evals, rungs)
+
+
+# ---- results -------------------------------------------------------------------------------
+
+
+@dataclass
+class RungReport:
+    index: int
+    fraction: float  # of the budget reached
+    step: int
+    tokens: int
+    flops: float
+    val_loss: float  # after the rung's cool-down
+    train_loss: float
+    checkpoint: str  # resume with train(..., resume_from=checkpoint)
+
+
+@dataclass
+class TrainResult:
+    status: Status
+    budget_flops: float
+    flops: float  # tokens x flops_per_token of the main run
+    extra_flops: float  # rung cool-downs, spent beside the main run
+    tokens: int
+    steps: int
+    val_loss: float | None  # the last validation loss measured (a rung's, if stopped there)
+    val_curve: list[dict]  # [{"tokens", "val_loss"}], starting with the untrained model at 0
+    train_curve: list[dict]  # [{"tokens", "loss"}] at every validation point
+    rungs: list[dict]
+    tokens_per_s: float | None
+    mfu: float | None  # None where the device's peak is unknown (CPUs)
+    wall_s: float
+    failure: dict | None  # {"step", "message"} for diverged / oom / error
+    flops_per_token: float
+    seq_len: int
+    device: str
+    spec: dict
+    config: dict
+    checkpoint: str | None = None  # the rung checkpoint a stopped run can resume from
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---- the run -------------------------------------------------------------------------------
+
+
+def _device(config: TrainConfig) -> torch.device:
+    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_FLOPS.items() if key in name), None)
+
+
+def _optimizer(model: HybridLM, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on vectors (norms, biases) or Mamba-2's dt, A and D."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.dim() >= 2 and not getattr(p, "no_weight_decay", False) else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=device.type == "cuda")
+
+
+@dataclass
+class _State:
+    """What a checkpoint must carry besides weights and optimiser for an exact resume."""
+
+    step: int = 0
+    first_loss: float | None = None
+    ema_loss: float | None = None
+    last_loss: float | None = None
+    val_curve: list[dict] = field(default_factory=list)
+    train_curve: list[dict] = field(default_factory=list)
+    rungs: list[dict] = field(default_factory=list)
+    extra_flops: float = 0.0
+
+
+class _Run:
+    def __init__(self, spec: ArchSpec, budget: float, config: TrainConfig, data: TokenData, plan: Plan) -> None:
+        self.spec, self.budget, self.config, self.data, self.plan = spec, budget, config, data, plan
+        self.device = _device(config)
+        self.state = _State()
+        self.train_seconds = 0.0
+        self.tokens_this_call = 0
+        self.out_dir = Path(config.out_dir) if config.out_dir else None
+        self.model: HybridLM | None = None
+
+    def build(self) -> None:
+        self.model = HybridLM(self.spec, seed=self.config.seed).to(self.device).train()
+        self.optimizer = _optimizer(self.model, self.config, self.device)
+        self.loss_fn = torch.compile(self.model.losses) if self.config.compile else self.model.losses
+        self.val = self.data.val_sequences(self.config.val_sequences, self.plan.seq_len).to(self.device)
+
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()  # fp32 on CPU
+
+    # -- steps --
+
+    def train_step(self, step: int, lr: float) -> float:
+        """One optimiser step on the batch of ``step``; returns its mean training loss."""
+        batch = self.data.batch(self.config.seed, step, self.plan.seqs_at(step), self.plan.seq_len)
+        batch = batch.to(self.device, non_blocking=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        n = batch.shape[0]
+        total = torch.zeros((), device=self.device)
+        for chunk in batch.split(self.config.micro_batch or n):
+            with self.autocast():
+                parts = self.loss_fn(chunk)
+            (parts.total * (chunk.shape[0] / n)).backward()
+            total += parts.lm.detach() * (chunk.shape[0] / n)
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.update_moe_balance()
+        return total.item()
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.model.eval()
+        batch = self.config.micro_batch or self.plan.batch_seqs
+        total = 0.0
+        for chunk in self.val.split(batch):
+            with self.autocast():
+                total += self.model.losses(chunk).lm.item() * chunk.shape[0]
+        self.model.train()
+        return total / self.val.shape[0]
+
+    def record_eval(self) -> None:
+        tokens = self.plan.tokens_after(self.state.step)
+        self.state.val_curve.append({"tokens": tokens, "val_loss": self.evaluate()})
+        if self.state.last_loss is not None:
+            self.state.train_curve.append({"tokens": tokens, "loss": self.state.last_loss})
+
+    # -- the loop --
+
+    def loop(self, rung_callback: RungCallback | None, progress) -> tuple[Status, dict | None]:
+        plan, config, state = self.plan, self.config, self.state
+        if not state.val_curve:
+            self.record_eval()  # the untrained model, at 0 tokens
+        while state.step < plan.steps:
+            started = time.perf_counter()
+            loss = self.train_step(state.step, config.lr * plan.lr_factor(state.step))
+            self.train_seconds += time.perf_counter() - started
+            self.tokens_this_call += plan.seqs_at(state.step) * plan.seq_len
+            state.step += 1
+            state.last_loss = loss
+            progress(state.step, loss)
+            if not math.isfinite(loss):
+                return "diverged", {"step": state.step, "message": f"non-finite training loss ({loss})"}
+            state.first_loss = loss if state.first_loss is None else state.first_loss
+            state.ema_loss = loss if state.ema_loss is None else EMA_DECAY * state.ema_loss + (1 - EMA_DECAY) * loss
+            if state.step > plan.warmup_steps and state.ema_loss > config.diverge_factor * state.first_loss:
+                message = (
+                    f"training loss EMA {state.ema_loss:.3f} exceeds {config.diverge_factor} x "
+                    f"the first loss {state.first_loss:.3f} after warm-up"
+                )
+                return "diverged", {"step": state.step, "message": message}
+            if state.step in plan.eval_steps:
+                self.record_eval()
+            if state.step in plan.rung_steps:
+                if self.rung(plan.rung_steps.index(state.step), rung_callback) == "stop":
+                    return "stopped", None
+        return "complete", None
+
+    def rung(self, index: int, callback: RungCallback | None) -> str:
+        """Checkpoint, cool down on a branch, evaluate, restore; ask the callback."""
+        step = self.state.step
+        checkpoint = self._checkpoint_dir() / f"rung-{index}.pt"
+        saved_model = copy.deepcopy(self.model.state_dict())
+        saved_optimizer = copy.deepcopy(self.optimizer.state_dict())
+        cooldown = max(1, round(self.config.rung_cooldown_frac * step))
+        peak = self.config.lr * self.plan.lr_factor(step)
+        for i in range(cooldown):
+            self.train_step(step + i, peak * (cooldown - i) / cooldown)
+        val_loss = self.evaluate()
+        self.model.load_state_dict(saved_model)
+        self.optimizer.load_state_dict(saved_optimizer)
+        tokens = self.plan.tokens_after(step)
+        cooldown_tokens = sum(self.plan.seqs_at(step + i) for i in range(cooldown)) * self.plan.seq_len
+        self.state.extra_flops += cooldown_tokens * self.plan.flops_per_token
+        report = RungReport(
+            index=index,
+            fraction=tokens * self.plan.flops_per_token / self.budget,
+            step=step,
+            tokens=tokens,
+            flops=tokens * self.plan.flops_per_token,
+            val_loss=val_loss,
+            train_loss=self.state.last_loss,
+            checkpoint=str(checkpoint),
+        )
+        self.state.rungs.append(asdict(report))
+        self.save(checkpoint)  # the restored state plus this report: what resuming continues from
+        decision = callback(report) if callback is not None else "continue"
+        if decision not in ("continue", "stop"):
+            raise ValueError(f"rung callback returned {decision!r}, expected 'continue' or 'stop'")
+        return decision
+
+    # -- checkpoints --
+
+    def _checkpoint_dir(self) -> Path:
+        if self.out_dir is None:  # rungs need somewhere to put checkpoints
+            self.out_dir = Path(tempfile.mkdtemp(prefix="hybridnas-run-"))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        return self.out_dir
+
+    def _identity(self) -> dict:
+        return {
+            "spec": self.spec.to_dict(),
+            "budget_flops": self.budget,
+            "config": self.config.training_fields(),
+            "corpus": self.data.meta["corpus"],
+        }
+
+    def save(self, path: Path) -> Path:
+        payload = {
+            "format": 1,
+            "identity": self._identity(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "state": asdict(self.state),
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(path)
+        return path
+
+    def load(self, path: str | Path) -> None:
+        try:
+            payload = torch.load(path, map_location=self.device, weights_only=False)
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint {path}: no such file") from None
+        except Exception as exc:
+            raise CheckpointError(f"checkpoint {path}: unreadable ({type(exc).__name__})") from None
+        mine, theirs = self._identity(), payload.get("identity", {})
+        for key in mine:
+            if mine[key] != theirs.get(key):
+                raise CheckpointError(f"checkpoint {path} belongs to another run: its {key} differs")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.state = _State(**payload["state"])
+
+    # -- result --
+
+    def result(self, status: Status, failure: dict | None, wall_s: float) -> TrainResult:
+        s, plan = self.state, self.plan
+        tokens = plan.tokens_after(s.step)
+        tokens_per_s = self.tokens_this_call / self.train_seconds if self.train_seconds > 0 else None
+        peak = _peak_flops(self.device)
+        mfu = tokens_per_s * plan.flops_per_token / peak if tokens_per_s and peak else None
+        val_loss = s.val_curve[-1]["val_loss"] if s.val_curve else None
+        if status == "stopped" and s.rungs:
+            val_loss = s.rungs[-1]["val_loss"]
+        result = TrainResult(
+            status=status,
+            budget_flops=self.budget,
+            flops=tokens * plan.flops_per_token,
+            extra_flops=s.extra_flops,
+            tokens=tokens,
+            steps=s.step,
+            val_loss=val_loss,
+            val_curve=s.val_curve,
+            train_curve=s.train_curve,
+            rungs=s.rungs,
+            tokens_per_s=tokens_per_s,
+            mfu=mfu,
+            wall_s=wall_s,
+            failure=failure,
+            flops_per_token=plan.flops_per_token,
+            seq_len=plan.seq_len,
+            device=str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
+            spec=self.spec.to_dict(),
+            config=self.config.model_dump(mode="json"),
+            checkpoint=s.rungs[-1]["checkpoint"] if status == "stopped" and s.rungs else None,
+        )
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+        return result
+
+
+def _progress(config: TrainConfig, plan: Plan, spec: ArchSpec):
+    """A rich progress bar on an interactive stderr; a no-op otherwise. Returns (update, close)."""
+    if not (config.progress and sys.stderr.isatty()):
+        return (lambda step, loss: None), (lambda: None)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn(f"train {spec.short_id}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task("train", total=plan.steps, loss="-")
+    bar.start()
+    return (lambda step, loss: bar.update(task, completed=step, loss=f"{loss:.3f}")), bar.stop
+
+
+def train(
+    spec: ArchSpec,
+    budget_flops: float,
+    config: TrainConfig | None = None,
+    *,
+    rung_callback: RungCallback | None = None,
+    resume_from: str | Path | None = None,
+) -> TrainResult:
+    """Train ``spec`` for ``budget_flops`` training FLOPs. Never raises for a failed run;
+    raises DataError / BudgetError / CheckpointError for bad input before training."""
+    started = time.perf_counter()
+    config = config or TrainConfig()
+    data = load_tokens(config.corpus, config.tokenizer, config.vocab_size, config.val_fraction, config.cache_dir)
+    if spec.vocab_size != data.vocab_size:  # the tokenizer decides the vocabulary
+        spec = ArchSpec.from_dict({**spec.to_dict(), "vocab_size": data.vocab_size})
+    plan = make_plan(spec, budget_flops, config)
+    run = _Run(spec, budget_flops, config, data, plan)
+    update, close = _progress(config, plan, spec)
+    status, failure = "error", None
+    try:
+        run.build()
+        if resume_from is not None:
+            run.load(resume_from)
+        status, failure = run.loop(rung_callback, update)
+    except CheckpointError:
+        raise
+    except torch.cuda.OutOfMemoryError as exc:
+        status, failure = "oom", {"step": run.state.step, "message": str(exc).splitlines()[0]}
+    except Exception as exc:  # a failed candidate is a result, not a crash of the study
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        message = f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})"
+        status, failure = "error", {"step": run.state.step, "message": message}
+    finally:
+        close()
+    return run.result(status, failure, time.perf_counter() - started)
