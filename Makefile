@@ -11,13 +11,15 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 
 setup: $(VENV)/.installed
 
-# The main job. Until the search exists: the cost of every built-in example layout.
+# The main job. Until the search exists: the cost of every built-in example layout,
+# then one short FLOP-budgeted training run of a small hybrid on the built-in corpus.
 demo: $(VENV)/.installed
 	$(BIN)/hybridnas doctor
 	$(BIN)/hybridnas examples
 	@for name in $$($(BIN)/hybridnas examples --names); do \
 		$(BIN)/hybridnas inspect "$$name" --seq-len 8192 || exit 1; \
 	done
+	$(BIN)/hybridnas train M-M-*-M- --d-model 128 --flops 2e12 --seq-len 128
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

@@ -201,6 +201,9 @@ def train_command(
     corpus: Annotated[str, typer.Option("--corpus", help="'sotu', a text/.xz file or a directory.")] = "sotu",
     tokenizer: Annotated[str, typer.Option("--tokenizer", help="bpe or bytes.")] = "bpe",
     batch_tokens: Annotated[Optional[int], typer.Option("--batch-tokens", help="Tokens per optimiser step.")] = None,
+    micro_batch: Annotated[
+        Optional[int], typer.Option("--micro-batch", help="Sequences per forward pass (gradient accumulation).")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     out: Annotated[Optional[Path], typer.Option("--out", help="Directory for result.json and checkpoints.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the TrainResult as JSON.")] = False,
@@ -212,7 +215,7 @@ def train_command(
     if not (flops > 0 and flops < float("inf")):
         raise UserError(f"--flops={flops}: must be a positive number of FLOPs")
     settings = {"seq_len": seq_len, "corpus": corpus, "tokenizer": tokenizer, "seed": seed, "progress": not as_json}
-    settings |= {k: v for k, v in {"lr": lr, "batch_tokens": batch_tokens, "out_dir": out and str(out.resolve())}.items() if v is not None}
+    settings |= {k: v for k, v in {"lr": lr, "batch_tokens": batch_tokens, "micro_batch": micro_batch, "out_dir": out and str(out.resolve())}.items() if v is not None}
     try:
         config = TrainConfig(**settings)
         result = train(spec, flops, config)

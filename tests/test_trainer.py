@@ -187,6 +187,8 @@ def test_tiny_hybrid_learns_sotu_at_2e13_flops(tmp_path_factory):
     result = train(spec, 2e13, cfg)
     entropy = load_tokens(cache_dir=cache).unigram_entropy()
     start, end = result.val_curve[0]["val_loss"], result.val_loss
+    print(f"2e13 FLOPs: {result.tokens} tokens, val loss {start:.3f} -> {end:.3f}, unigram entropy {entropy:.3f}, "
+          f"{result.tokens_per_s:.0f} tokens/s, {result.wall_s:.0f} s")
     assert result.status == "complete"
     assert result.flops == pytest.approx(2e13, rel=0.01)
     assert end < start - 3.0  # from ~9.0 (uniform over 8192) to well below
