@@ -42,6 +42,13 @@ def test_plan_spends_the_budget_to_within_half_a_sequence(budget, seq_len):
     assert sum(plan.seqs_at(s) for s in range(plan.steps)) == plan.total_seqs
 
 
+def test_a_long_rung_cooldown_may_run_past_the_plan(cache):
+    """A cool-down of 0.9 x the steps so far, from a rung at 80%, branches beyond the last step."""
+    result = train(TINY, 1e10, config(cache, rungs=(0.8,), rung_cooldown_frac=0.9))
+    assert result.status == "complete" and len(result.rungs) == 1
+    assert result.extra_flops > 0.5 * result.flops
+
+
 def test_warmup_stable_decay_schedule():
     plan = make_plan(TINY, 1e12, TrainConfig(seq_len=64, batch_tokens=1024, warmup_frac=0.1, decay_frac=0.2))
     factors = [plan.lr_factor(s) for s in range(plan.steps)]

@@ -78,8 +78,11 @@ class Plan:
     rung_steps: tuple[int, ...]
 
     def seqs_at(self, step: int) -> int:
-        """Sequences in optimiser step ``step`` (0-indexed): full batches, then the remainder."""
-        return min(self.batch_seqs, self.total_seqs - step * self.batch_seqs)
+        """Sequences in optimiser step ``step`` (0-indexed): full batches, the remainder in the
+        last step; a rung's cool-down branch may run past the plan, on full batches."""
+        if step == self.steps - 1:
+            return self.total_seqs - step * self.batch_seqs
+        return self.batch_seqs
 
     def tokens_after(self, steps_done: int) -> int:
         return min(steps_done * self.batch_seqs, self.total_seqs) * self.seq_len
