@@ -7,6 +7,8 @@ state), ``ssd_step`` (one decode token), ``causal_attention`` (optional sliding 
 implementation each op uses and why.
 """
 
+import torch
+
 from hybridnas.kernels import attention, conv, moe, ssd
 from hybridnas.kernels.registry import Op
 
@@ -36,6 +38,16 @@ OPS: dict[str, Op] = {
 }
 
 
+if torch.cuda.is_available():  # fast paths load only where they can run
+    from hybridnas.kernels import cuda
+
+    cuda.register(OPS)
+else:
+    for _op in OPS.values():
+        _op.reason = "plain PyTorch reference: no CUDA device"
+
+
 def backends() -> dict[str, dict[str, str]]:
-    """{op name: {"backend": ..., "reason": ...}} for every op."""
+    """{op name: {"backend": ..., "reason": ...}}: what CUDA tensors get (CPU tensors always
+    take the reference)."""
     return {name: {"backend": op.backend, "reason": op.reason} for name, op in OPS.items()}

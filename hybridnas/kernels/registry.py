@@ -1,15 +1,18 @@
-"""One numeric op with swappable implementations, chosen once per process.
+"""One numeric op with swappable implementations.
 
-Every op has a plain-PyTorch ``reference``; fast backends (Triton, CUDA packages) register
-beside it under the same signature and :meth:`Op.select` picks one, with the reason that
-``backends()`` and ``hybridnas doctor`` report.
+Every op has a plain-PyTorch ``reference`` that runs anywhere. A fast backend registers for
+CUDA tensors under the same signature (:meth:`Op.register_cuda`); calls dispatch on the
+device of the first tensor argument, so CPU tensors always take the reference.
+``HYBRIDNAS_BACKEND_<OP>=reference`` (e.g. ``HYBRIDNAS_BACKEND_SSD_SCAN``) turns a fast
+backend off; ``backends()`` and ``hybridnas doctor`` report each choice and why.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Op"]
@@ -19,29 +22,41 @@ __all__ = ["Op"]
 class Op:
     name: str
     reference: Callable[..., Any]
-    implementations: dict[str, Callable[..., Any]] = field(default_factory=dict)
-    backend: str = "reference"
-    reason: str = "plain PyTorch reference (no fast backend registered)"
+    cuda: Callable[..., Any] | None = None
+    cuda_backend: str = "reference"
+    reason: str = "plain PyTorch reference: no fast backend available"
+    _replacement: Callable[..., Any] | None = None
 
-    def __post_init__(self) -> None:
-        self.implementations["reference"] = self.reference
+    @property
+    def env_var(self) -> str:
+        return f"HYBRIDNAS_BACKEND_{self.name.upper()}"
 
-    def select(self, backend: str, reason: str) -> None:
-        if backend not in self.implementations:
-            raise ValueError(
-                f"kernel {self.name}: unknown backend {backend!r}, expected one of {', '.join(self.implementations)}"
-            )
-        self.backend, self.reason = backend, reason
+    def register_cuda(self, backend: str, fn: Callable[..., Any], reason: str) -> None:
+        """Use ``fn`` for CUDA tensors, unless the environment asks for the reference."""
+        forced = os.environ.get(self.env_var)
+        if forced is not None and forced != backend:
+            self.reason = f"{self.env_var}={forced}: {backend} not used"
+            return
+        self.cuda, self.cuda_backend, self.reason = fn, backend, reason
+
+    @property
+    def backend(self) -> str:
+        """The implementation CUDA tensors get (CPU tensors always get the reference)."""
+        return self.cuda_backend if self.cuda is not None else "reference"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.implementations[self.backend](*args, **kwargs)
+        if self._replacement is not None:
+            return self._replacement(*args, **kwargs)
+        first = args[0] if args else next(iter(kwargs.values()), None)
+        if self.cuda is not None and getattr(first, "is_cuda", False):
+            return self.cuda(*args, **kwargs)
+        return self.reference(*args, **kwargs)
 
     @contextmanager
     def replaced_by(self, fn: Callable[..., Any]) -> Iterator[None]:
-        """Route calls to ``fn`` inside the block (FLOP counting traces an opaque op)."""
-        saved = dict(self.implementations), self.backend
-        self.implementations["replacement"], self.backend = fn, "replacement"
+        """Route every call to ``fn`` inside the block (FLOP counting traces an opaque op)."""
+        saved, self._replacement = self._replacement, fn
         try:
             yield
         finally:
-            self.implementations, self.backend = saved
+            self._replacement = saved

@@ -97,7 +97,8 @@ class Attention(nn.Module):
         slots = cache.k.shape[2]
         if self.window is None and pos >= slots:
             raise ValueError(f"attention cache is full: max_len={slots}, position {pos}")
-        q, k, v = self._qkv(x.unsqueeze(1), torch.tensor([pos], device=x.device))
+        # arange, not torch.tensor([pos]): a host-to-device copy would wait for the GPU every step
+        q, k, v = self._qkv(x.unsqueeze(1), torch.arange(pos, pos + 1, device=x.device))
         cache.k[:, :, pos % slots] = k[:, :, 0].to(cache.k.dtype)
         cache.v[:, :, pos % slots] = v[:, :, 0].to(cache.v.dtype)
         y = kernels.attention_decode(q, cache.k.to(q.dtype), cache.v.to(q.dtype), min(pos + 1, slots))

@@ -87,7 +87,7 @@ class MoE(nn.Module):
     @torch.no_grad()
     def update_balance(self, rate: float = 1e-3) -> None:
         """Aux-loss-free balancing: raise the bias of under-loaded experts, lower the others'."""
-        if self.balance != "aux_free" or self.expert_load.sum() == 0:
-            return
+        if self.balance != "aux_free":
+            return  # (no check for an empty count: it would sync with the GPU every step)
         self.expert_bias += rate * torch.sign(self.expert_load.mean() - self.expert_load)
         self.expert_load.zero_()

@@ -16,7 +16,9 @@ restores the checkpoint, so the main run continues exactly as if it had not stop
 continues a stopped run from its rung checkpoint.
 
 Failures are results, never exceptions: a non-finite loss, or an EMA(0.9) of the training
-loss above ``diverge_factor`` x the first step's loss after warm-up, gives ``diverged``;
+loss above ``diverge_factor`` x the first step's loss after warm-up, gives ``diverged`` (on a
+GPU the losses are read every ``SYNC_EVERY`` steps, so the run may go a few steps past the
+step it reports);
 CUDA out-of-memory gives ``oom``; anything else ``error``. Each keeps what was measured.
 Bad input (corpus, budget, checkpoint) raises before training starts.
 """
@@ -50,6 +52,7 @@ Status = Literal["complete", "stopped", "diverged", "oom", "error"]
 RungCallback = Callable[["RungReport"], Literal["continue", "stop"]]
 
 EMA_DECAY = 0.9
+SYNC_EVERY = 16  # on a GPU, training losses are read back (a wait for the GPU) every this many steps
 # dense bf16 tensor-core peaks (FLOP/s), for MFU
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
@@ -217,8 +220,9 @@ class _Run:
 
     # -- steps --
 
-    def train_step(self, step: int, lr: float) -> float:
-        """One optimiser step on the batch of ``step``; returns its mean training loss."""
+    def train_step(self, step: int, lr: float) -> torch.Tensor:
+        """One optimiser step on the batch of ``step``; returns its mean training loss as a
+        0-dim tensor (reading it would wait for the GPU; the loop reads in batches)."""
         batch = self.data.batch(self.config.seed, step, self.plan.seqs_at(step), self.plan.seq_len)
         batch = batch.to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
@@ -235,7 +239,7 @@ class _Run:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.update_moe_balance()
-        return total.item()
+        return total
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -257,33 +261,50 @@ class _Run:
     # -- the loop --
 
     def loop(self, rung_callback: RungCallback | None, progress) -> tuple[Status, dict | None]:
-        plan, config, state = self.plan, self.config, self.state
+        plan, state = self.plan, self.state
         if not state.val_curve:
             self.record_eval()  # the untrained model, at 0 tokens
+        pending: list[tuple[int, torch.Tensor]] = []
         while state.step < plan.steps:
             started = time.perf_counter()
-            loss = self.train_step(state.step, config.lr * plan.lr_factor(state.step))
-            self.train_seconds += time.perf_counter() - started
+            loss = self.train_step(state.step, self.config.lr * plan.lr_factor(state.step))
             self.tokens_this_call += plan.seqs_at(state.step) * plan.seq_len
             state.step += 1
-            state.last_loss = loss
-            progress(state.step, loss)
-            if not math.isfinite(loss):
-                return "diverged", {"step": state.step, "message": f"non-finite training loss ({loss})"}
-            state.first_loss = loss if state.first_loss is None else state.first_loss
-            state.ema_loss = loss if state.ema_loss is None else EMA_DECAY * state.ema_loss + (1 - EMA_DECAY) * loss
-            if state.step > plan.warmup_steps and state.ema_loss > config.diverge_factor * state.first_loss:
-                message = (
-                    f"training loss EMA {state.ema_loss:.3f} exceeds {config.diverge_factor} x "
-                    f"the first loss {state.first_loss:.3f} after warm-up"
-                )
-                return "diverged", {"step": state.step, "message": message}
+            pending.append((state.step, loss))
+            at_boundary = state.step in plan.eval_steps or state.step in plan.rung_steps or state.step == plan.steps
+            if at_boundary or len(pending) >= SYNC_EVERY or self.device.type == "cpu":
+                failure = self.check_losses(pending, progress)  # reading the losses waits for the GPU
+                pending = []
+                self.train_seconds += time.perf_counter() - started
+                if failure is not None:
+                    return "diverged", failure
+            else:
+                self.train_seconds += time.perf_counter() - started
             if state.step in plan.eval_steps:
                 self.record_eval()
             if state.step in plan.rung_steps:
                 if self.rung(plan.rung_steps.index(state.step), rung_callback) == "stop":
                     return "stopped", None
         return "complete", None
+
+    def check_losses(self, pending: list[tuple[int, torch.Tensor]], progress) -> dict | None:
+        """Read the pending losses back and apply the divergence rule step by step."""
+        state, factor = self.state, self.config.diverge_factor
+        values = torch.stack([loss for _, loss in pending]).tolist()
+        for (step, _), loss in zip(pending, values):
+            state.last_loss = loss
+            progress(step, loss)
+            if not math.isfinite(loss):
+                return {"step": step, "message": f"non-finite training loss ({loss})"}
+            state.first_loss = loss if state.first_loss is None else state.first_loss
+            state.ema_loss = loss if state.ema_loss is None else EMA_DECAY * state.ema_loss + (1 - EMA_DECAY) * loss
+            if step > self.plan.warmup_steps and state.ema_loss > factor * state.first_loss:
+                return {
+                    "step": step,
+                    "message": f"training loss EMA {state.ema_loss:.3f} exceeds {factor} x "
+                    f"the first loss {state.first_loss:.3f} after warm-up",
+                }
+        return None
 
     def rung(self, index: int, callback: RungCallback | None) -> str:
         """Checkpoint, cool down on a branch, evaluate, restore; ask the callback."""
@@ -308,7 +329,7 @@ class _Run:
             tokens=tokens,
             flops=tokens * self.plan.flops_per_token,
             val_loss=val_loss,
-            train_loss=self.state.last_loss,
+            train_loss=self.state.last_loss,  # read back at the rung boundary
             checkpoint=str(checkpoint),
         )
         self.state.rungs.append(asdict(report))

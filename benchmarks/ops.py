@@ -1,0 +1,87 @@
+"""Benchmark (a): each op, fast backend vs plain-PyTorch reference, on one CUDA device.
+
+    python benchmarks/ops.py
+
+Shapes follow DESIGN.md's SSD reference point (bf16, B=8, T=4096, 24 heads x 64, N=128).
+Prints one table: op, shape, reference ms, fast ms, speed-up. Times are medians of CUDA-event
+timings after warm-up; the SSD rows time forward + backward.
+"""
+
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+import hybridnas.kernels as kernels
+from hybridnas.kernels.attention import causal_attention
+from hybridnas.kernels.conv import causal_conv1d
+from hybridnas.kernels.ssd import ssd_chunked, ssd_step
+
+
+def timed(fn, repeats=10, warmup=3):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def ssd_case(b=8, t=4096, h=24, p=64, g=1, n=128):
+    x = torch.randn(b, t, h, p, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    dt = F.softplus(torch.randn(b, t, h, device="cuda") - 2).requires_grad_()
+    A = -torch.rand(h, device="cuda").add(0.5).requires_grad_()
+    B = torch.randn(b, t, g, n, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    C = torch.randn(b, t, g, n, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    D = torch.randn(h, device="cuda", requires_grad=True)
+    return x, dt, A, B, C, D
+
+
+def fwd_bwd(fn, args):
+    def run():
+        y, state = fn(*args, chunk_size=256)
+        (y.float().sum() + state.float().sum()).backward()
+
+    return run
+
+
+def main():
+    rows = []
+    args = ssd_case()
+    rows.append(("ssd_scan fwd+bwd", "8x4096, 24x64, N=128", timed(fwd_bwd(ssd_chunked, args)), timed(fwd_bwd(kernels.ssd_scan, args))))
+
+    b, h, p, n = 8, 24, 64, 128
+    state = torch.randn(b, h, p, n, device="cuda", dtype=torch.bfloat16)
+    step_args = (torch.randn(b, h, p, device="cuda", dtype=torch.bfloat16), F.softplus(torch.randn(b, h, device="cuda")),
+                 -torch.rand(h, device="cuda"), torch.randn(b, 1, n, device="cuda", dtype=torch.bfloat16),
+                 torch.randn(b, 1, n, device="cuda", dtype=torch.bfloat16), torch.randn(h, device="cuda"))
+    rows.append(("ssd_step", "8 x 24x64, N=128", timed(lambda: ssd_step(state, *step_args)),
+                 timed(lambda: kernels.ssd_step(state, *step_args))))
+
+    q = torch.randn(8, 16, 4096, 64, device="cuda", dtype=torch.bfloat16)
+    kv = torch.randn(8, 4, 4096, 64, device="cuda", dtype=torch.bfloat16)
+    global_ms = timed(lambda: causal_attention(q, kv, kv))
+    window_ms = timed(lambda: causal_attention(q, kv, kv, window=512))
+    rows.append(("causal_attention (SDPA)", "8x4096, 16q/4kv x 64", global_ms, global_ms))
+    rows.append(("window 512 (SDPA + mask)", "8x4096, 16q/4kv x 64", window_ms, window_ms))
+
+    xc = torch.randn(8, 3328, 4096, device="cuda", dtype=torch.bfloat16)
+    wc = torch.randn(3328, 4, device="cuda", dtype=torch.bfloat16)
+    conv_ms = timed(lambda: causal_conv1d(xc, wc, None, "silu"))
+    rows.append(("causal_conv1d", "8 x 3328 ch x 4096", conv_ms, timed(lambda: kernels.causal_conv1d(xc, wc, None, "silu"))))
+
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    print(f"backends: { {k: v['backend'] for k, v in kernels.backends().items()} }")
+    print(f"| op | shape | reference ms | fast ms | speed-up |")
+    print("|---|---|---|---|---|")
+    for name, shape, ref, fast in rows:
+        print(f"| {name} | {shape} | {ref:.2f} | {fast:.2f} | {ref / fast:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

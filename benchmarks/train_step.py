@@ -1,0 +1,107 @@
+"""Benchmark (b): one training step of HybridLM vs mamba-ssm's MambaLMHeadModel with the same
+layout vs a plain PyTorch GPT of the same size, side by side in one run (bf16 autocast, fused
+AdamW, gradient clipping, same batch and sequence length), on one CUDA device.
+
+    python benchmarks/train_step.py [--batch 8] [--seq-len 2048]
+
+HybridLM is timed through the trainer's own step (hybridnas.proxies.speed.measure_training);
+the others through the same loop written out here. The "plain GPT" is our attention-only
+HybridLM (Llama-style blocks in plain PyTorch, SDPA flash attention).
+"""
+
+import argparse
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+from hybridnas import ArchSpec, HybridLM
+from hybridnas.kernels.cuda import import_mamba_ssm_models
+from hybridnas.proxies import cost
+from hybridnas.proxies.speed import measure_training
+from hybridnas.search_space import layout, placement_indices
+
+D_MODEL, N_MIXERS, VOCAB = 768, 12, 50304
+H100_PEAK = 989e12
+
+
+def timed_step(model, loss_fn, batch, seq_len, repeats=5, warmup=3):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    tokens = torch.randint(0, VOCAB, (batch, seq_len + 1), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = loss_fn(tokens)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return batch * seq_len / statistics.median(times)
+
+
+def mamba_ssm_model(spec: ArchSpec):
+    MambaLMHeadModel = import_mamba_ssm_models().MambaLMHeadModel
+    from mamba_ssm.models.config_mamba import MambaConfig
+
+    s, a = spec.ssm, spec.attn
+    config = MambaConfig(
+        d_model=spec.d_model, d_intermediate=spec.d_ffn, n_layer=N_MIXERS, vocab_size=VOCAB,
+        ssm_cfg={"layer": "Mamba2", "d_state": s.d_state, "headdim": s.head_dim, "expand": s.expand,
+                 "ngroups": s.n_groups, "chunk_size": s.chunk_size, "use_mem_eff_path": False},
+        attn_layer_idx=list(placement_indices(N_MIXERS, 2, "even")),
+        attn_cfg={"num_heads": a.n_heads, "num_heads_kv": a.n_kv_heads, "causal": True, "rotary_emb_dim": 0},
+        rms_norm=True, residual_in_fp32=True, fused_add_norm=True, tie_embeddings=True, pad_vocab_size_multiple=8,
+    )
+    return MambaLMHeadModel(config, device="cuda", dtype=torch.float32)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=2048)
+    args = parser.parse_args()
+    b, t = args.batch, args.seq_len
+
+    inter = ArchSpec.from_pattern(layout(N_MIXERS, 2), d_model=D_MODEL, vocab_size=VOCAB, attn={"rope": False})
+    gpt = ArchSpec.from_pattern("*-" * 16, d_model=D_MODEL, vocab_size=VOCAB, attn={"rope": False})  # ~ the same size
+    rows = []
+
+    ours = measure_training(inter, b, t)
+    rows.append(("HybridLM inter 1:5 (hybridnas trainer step)", cost(inter).total.params, ours.train_tokens_per_s,
+                 cost(inter, t).total.train_flops_per_token))
+
+    theirs = mamba_ssm_model(inter)
+
+    def their_loss(tokens):
+        logits = theirs(tokens[:, :-1]).logits
+        return F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
+
+    rows.append(("mamba-ssm MambaLMHeadModel, same layout", sum(p.numel() for p in theirs.parameters()),
+                 timed_step(theirs, their_loss, b, t), cost(inter, t).total.train_flops_per_token))
+    del theirs
+    torch.cuda.empty_cache()
+
+    gpt_model = HybridLM(gpt).cuda()
+    rows.append(("plain PyTorch GPT (attention-only HybridLM)", cost(gpt).total.params,
+                 timed_step(gpt_model, gpt_model.loss, b, t), cost(gpt, t).total.train_flops_per_token))
+
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast, batch {b} x {t}")
+    print("| model | params | tokens/s | MFU |")
+    print("|---|---|---|---|")
+    for name, params, tps, fpt in rows:
+        print(f"| {name} | {params / 1e6:.0f}M | {tps:,.0f} | {tps * fpt / H100_PEAK:.1%} |")
+
+
+if __name__ == "__main__":
+    main()

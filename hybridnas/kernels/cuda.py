@@ -1,0 +1,128 @@
+"""Fast CUDA backends, registered on the ops when their libraries load.
+
+- ``ssd_scan`` / ``ssd_step``: mamba-ssm's Triton kernels ``mamba_chunk_scan_combined`` and
+  ``selective_state_update``. A mamba-ssm installed without its CUDA extension fails on
+  ``import mamba_ssm`` (its ``__init__`` imports ``selective_scan_cuda``), but the Triton
+  modules need nothing from it: they are imported under a bare package object instead.
+- ``causal_conv1d`` / ``causal_conv1d_step``: the ``causal-conv1d`` package, when installed.
+
+Attention needs no entry here: ``scaled_dot_product_attention`` already takes its flash
+backend on CUDA for causal bf16 attention.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+
+from torch import Tensor
+
+from hybridnas.kernels.registry import Op
+from hybridnas.kernels.ssd import ssd_chunked
+
+__all__ = ["register", "load_mamba_triton"]
+
+
+def load_mamba_triton() -> tuple[types.ModuleType, types.ModuleType]:
+    """(ssd_combined, selective_state_update) modules of mamba-ssm; raises ImportError."""
+    try:
+        importlib.import_module("mamba_ssm")
+    except ImportError:
+        spec = importlib.util.find_spec("mamba_ssm")
+        if spec is None or spec.submodule_search_locations is None:
+            raise ImportError("mamba-ssm is not installed") from None
+        package = types.ModuleType("mamba_ssm")  # the package without its __init__
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
+        sys.modules["mamba_ssm"] = package
+    return (
+        importlib.import_module("mamba_ssm.ops.triton.ssd_combined"),
+        importlib.import_module("mamba_ssm.ops.triton.selective_state_update"),
+    )
+
+
+def _ssd_scan_triton(combined: types.ModuleType):
+    def ssd_scan(x, dt, A, B, C, D=None, initial_state=None, chunk_size=256) -> tuple[Tensor, Tensor]:
+        if chunk_size & (chunk_size - 1):  # the Triton kernels tile by powers of two
+            return ssd_chunked(x, dt, A, B, C, D, initial_state, chunk_size)
+        y, final_state = combined.mamba_chunk_scan_combined(
+            x, dt, A, B, C, chunk_size, D=D, initial_states=initial_state, return_final_states=True
+        )
+        return y, final_state
+
+    return ssd_scan
+
+
+def _ssd_step_triton(update: types.ModuleType):
+    def ssd_step(state, x, dt, A, B, C, D=None) -> Tensor:
+        # mamba-ssm's Mamba-2 decode layout: dt, A and D broadcast over the head's channels
+        # (stride 0), which the kernel recognises and does not materialise
+        _, h, p, n = state.shape
+        dt = dt.unsqueeze(-1).expand(-1, h, p)
+        A = A[:, None, None].expand(h, p, n)
+        D = D[:, None].expand(h, p) if D is not None else None
+        no_bias = dt.new_zeros(()).expand(h, p)  # the kernel reads dt_bias's strides even when unused
+        return update.selective_state_update(state, x, dt, A, B, C, D=D, dt_bias=no_bias, dt_softplus=False)
+
+    return ssd_step
+
+
+def _conv_causal_conv1d(module: types.ModuleType):
+    def causal_conv1d(x, weight, bias=None, activation=None) -> Tensor:
+        return module.causal_conv1d_fn(x, weight, bias, activation=activation)
+
+    def causal_conv1d_step(x, conv_state, weight, bias=None, activation=None) -> Tensor:
+        return module.causal_conv1d_update(x, conv_state, weight, bias, activation=activation)
+
+    return causal_conv1d, causal_conv1d_step
+
+
+def register(ops: dict[str, Op]) -> None:
+    """Register every fast backend whose library imports; record why not otherwise."""
+    try:
+        combined, update = load_mamba_triton()
+    except Exception as exc:  # any import failure means: keep the reference, and say why
+        for name in ("ssd_scan", "ssd_step"):
+            ops[name].reason = f"reference: mamba-ssm Triton kernels unavailable ({type(exc).__name__}: {exc})"
+    else:
+        ops["ssd_scan"].register_cuda("triton", _ssd_scan_triton(combined), "mamba-ssm Triton mamba_chunk_scan_combined")
+        ops["ssd_step"].register_cuda("triton", _ssd_step_triton(update), "mamba-ssm Triton selective_state_update")
+
+    try:
+        module = importlib.import_module("causal_conv1d")
+    except Exception as exc:
+        for name in ("causal_conv1d", "causal_conv1d_step"):
+            ops[name].reason = f"reference F.conv1d: causal-conv1d unavailable ({type(exc).__name__})"
+    else:
+        full, step = _conv_causal_conv1d(module)
+        ops["causal_conv1d"].register_cuda("causal-conv1d", full, "causal-conv1d CUDA kernel")
+        ops["causal_conv1d_step"].register_cuda("causal-conv1d", step, "causal-conv1d CUDA update kernel")
+
+    ops["causal_attention"].reason = "scaled_dot_product_attention (flash backend for causal bf16 on CUDA)"
+    ops["attention_decode"].reason = "scaled_dot_product_attention against the KV cache"
+
+
+def import_mamba_ssm_models() -> types.ModuleType:
+    """mamba-ssm's ``mixer_seq_simple`` (MambaLMHeadModel, Mamba2 module), for side-by-side
+    comparisons only. Where its optional dependencies are missing, stand-ins take their place:
+    the Mamba-1 CUDA extension, and Hugging Face hub / generation helpers (used only to download
+    checkpoints and to generate text, neither of which a comparison does)."""
+    load_mamba_triton()
+
+    def stand_in(name: str, **attributes) -> None:
+        try:  # some packages import lazily: probe the attributes too
+            module = importlib.import_module(name)
+            for attribute in attributes:
+                getattr(module, attribute)
+        except (ImportError, AttributeError):
+            module = types.ModuleType(name)
+            module.__dict__.update(attributes)
+            sys.modules[name] = module
+
+    stand_in("selective_scan_cuda")
+    stand_in("huggingface_hub", PyTorchModelHubMixin=type("PyTorchModelHubMixin", (), {}))
+    stand_in("mamba_ssm.utils.hf", load_config_hf=None, load_state_dict_hf=None)
+    stand_in("mamba_ssm.utils.generation", GenerationMixin=type("GenerationMixin", (), {}))
+    return importlib.import_module("mamba_ssm.models.mixer_seq_simple")

@@ -1,0 +1,140 @@
+"""Measured speed of a candidate on the GPU: training throughput and MFU, peak memory,
+prefill and decode throughput at long contexts.
+
+- Training: the trainer's own optimiser step (``hybridnas.trainer``'s ``_Run.train_step``:
+  bf16 autocast, fused AdamW, gradient clipping), timed with CUDA events after warm-up,
+  median of repeats. MFU = tokens/s x analytic training FLOPs/token / the device's peak.
+- Prefill: one forward pass of ``batch`` x ``context`` tokens that fills a decode cache.
+- Decode: tokens/s of one-token steps with ``context`` tokens already in the cache (batch 4
+  by default, as in Bae et al. Table 13). Bae et al. report the average over generating up
+  to a total length from a 512-token prompt; this measures the rate at that length, the
+  figure that matters for a frontier and cheaper to take.
+
+On a CPU nothing is measured: every figure is None and ``reason`` says why.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from hybridnas.model import HybridLM
+from hybridnas.search_space import ArchSpec
+
+__all__ = ["SpeedReport", "measure", "measure_training", "measure_decode"]
+
+
+@dataclass
+class SpeedReport:
+    device: str
+    reason: str | None = None  # why figures are missing
+    train_tokens_per_s: float | None = None
+    mfu: float | None = None
+    peak_memory_gib: float | None = None
+    batch: int | None = None
+    seq_len: int | None = None
+    prefill_tokens_per_s: dict[int, float] = field(default_factory=dict)
+    decode_tokens_per_s: dict[int, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _no_cuda() -> SpeedReport | None:
+    if torch.cuda.is_available():
+        return None
+    return SpeedReport(device="cpu", reason="no CUDA device: speed is only measured on GPUs")
+
+
+def _timed(fn, repeats: int, warmup: int) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup``, by CUDA events."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def measure_training(
+    spec: ArchSpec, batch: int = 8, seq_len: int = 2048, *, micro_batch: int | None = None,
+    compile: bool = False, repeats: int = 5, warmup: int = 3,
+) -> SpeedReport:
+    """Tokens/s, MFU and peak memory of the trainer's optimiser step for ``spec``."""
+    missing = _no_cuda()
+    if missing is not None:
+        return missing
+    from hybridnas.trainer import TrainConfig, load_tokens, make_plan
+    from hybridnas.trainer.train import _peak_flops, _Run
+
+    config = TrainConfig(tokenizer="bytes", seq_len=seq_len, batch_tokens=batch * seq_len, micro_batch=micro_batch,
+                         compile=compile, progress=False, device="cuda", val_sequences=1)
+    data = load_tokens("sotu", "bytes", cache_dir=config.cache_dir)
+    spec = ArchSpec.from_dict({**spec.to_dict(), "vocab_size": data.vocab_size})
+    plan = make_plan(spec, 1e30, config)  # a budget that never ends inside the measurement
+    run = _Run(spec, 1e30, config, data, plan)
+    run.build()
+    torch.cuda.reset_peak_memory_stats()
+    step = iter(range(10**9))
+    seconds = _timed(lambda: run.train_step(next(step), config.lr), repeats, warmup)
+    tokens_per_s = batch * seq_len / seconds
+    device = torch.device("cuda")
+    peak = _peak_flops(device)
+    return SpeedReport(
+        device=torch.cuda.get_device_name(device),
+        train_tokens_per_s=tokens_per_s,
+        mfu=tokens_per_s * plan.flops_per_token / peak if peak else None,
+        peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30,
+        batch=batch,
+        seq_len=seq_len,
+    )
+
+
+@torch.no_grad()
+def measure_decode(
+    spec: ArchSpec, contexts: tuple[int, ...] = (2048, 8192, 32768), batch: int = 4,
+    steps: int = 32, repeats: int = 3,
+) -> SpeedReport:
+    """Prefill and decode tokens/s at each context length, bf16 weights and cache."""
+    missing = _no_cuda()
+    if missing is not None:
+        return missing
+    model = HybridLM(spec).to("cuda", torch.bfloat16).eval()
+    report = SpeedReport(device=torch.cuda.get_device_name(), batch=batch)
+    for context in contexts:
+        tokens = torch.randint(0, spec.vocab_size, (batch, context), device="cuda")
+        cache_box = {}
+
+        def prefill():
+            cache_box["cache"] = model.allocate_cache(batch, context + steps * (repeats + 2))
+            model(tokens, cache_box["cache"])
+
+        report.prefill_tokens_per_s[context] = batch * context / _timed(prefill, repeats=1, warmup=1)
+        next_tokens = tokens[:, -1]
+
+        def decode():
+            for _ in range(steps):
+                model.step(next_tokens, cache_box["cache"])
+
+        report.decode_tokens_per_s[context] = batch * steps / _timed(decode, repeats, warmup=1)
+        del cache_box["cache"]
+        torch.cuda.empty_cache()
+    return report
+
+
+def measure(spec: ArchSpec, batch: int = 8, seq_len: int = 2048, contexts=(2048, 8192, 32768)) -> SpeedReport:
+    """Training and decoding figures in one report."""
+    training = measure_training(spec, batch, seq_len)
+    if training.reason is not None:
+        return training
+    decoding = measure_decode(spec, contexts)
+    training.prefill_tokens_per_s = decoding.prefill_tokens_per_s
+    training.decode_tokens_per_s = decoding.decode_tokens_per_s
+    return training
