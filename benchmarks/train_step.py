@@ -77,9 +77,10 @@ def main():
     gpt = ArchSpec.from_pattern("*-" * 16, d_model=D_MODEL, vocab_size=VOCAB, attn={"rope": False})  # ~ the same size
     rows = []
 
-    ours = measure_training(inter, b, t)
-    rows.append(("HybridLM inter 1:5 (hybridnas trainer step)", cost(inter).total.params, ours.train_tokens_per_s,
-                 cost(inter, t).total.train_flops_per_token))
+    for compiled in (False, True):
+        ours = measure_training(inter, b, t, compile=compiled)
+        name = "HybridLM inter 1:5 (hybridnas trainer step" + (", torch.compile)" if compiled else ")")
+        rows.append((name, cost(inter).total.params, ours.train_tokens_per_s, cost(inter, t).total.train_flops_per_token))
 
     theirs = mamba_ssm_model(inter)
 
