@@ -7,8 +7,6 @@ Prints one table: op, shape, reference ms, fast ms, speed-up. Times are medians 
 timings after warm-up; the SSD rows time forward + backward.
 """
 
-import statistics
-
 import torch
 import torch.nn.functional as F
 
@@ -16,20 +14,12 @@ import hybridnas.kernels as kernels
 from hybridnas.kernels.attention import causal_attention
 from hybridnas.kernels.conv import causal_conv1d
 from hybridnas.kernels.ssd import ssd_chunked, ssd_step
+from hybridnas.proxies.speed import cuda_time
 
 
-def timed(fn, repeats=10, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+def timed(fn):
+    """Median milliseconds of fn() by CUDA events, after warm-up."""
+    return cuda_time(fn) * 1e3
 
 
 def ssd_case(b=8, t=4096, h=24, p=64, g=1, n=128):

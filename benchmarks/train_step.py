@@ -10,7 +10,6 @@ HybridLM (Llama-style blocks in plain PyTorch, SDPA flash attention).
 """
 
 import argparse
-import statistics
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from hybridnas import ArchSpec, HybridLM
 from hybridnas.kernels.cuda import import_mamba_ssm_models
 from hybridnas.proxies import cost
-from hybridnas.proxies.speed import measure_training
+from hybridnas.proxies.speed import cuda_time, measure_training
 from hybridnas.search_space import layout, placement_indices
 
 D_MODEL, N_MIXERS, VOCAB = 768, 12, 50304
@@ -37,17 +36,7 @@ def timed_step(model, loss_fn, batch, seq_len, repeats=5, warmup=3):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return batch * seq_len / statistics.median(times)
+    return batch * seq_len / cuda_time(step, repeats, warmup)
 
 
 def mamba_ssm_model(spec: ArchSpec):

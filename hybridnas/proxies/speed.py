@@ -23,7 +23,7 @@ import torch
 from hybridnas.model import HybridLM
 from hybridnas.search_space import ArchSpec
 
-__all__ = ["SpeedReport", "measure", "measure_training", "measure_decode"]
+__all__ = ["SpeedReport", "measure", "measure_training", "measure_decode", "cuda_time"]
 
 
 @dataclass
@@ -48,7 +48,7 @@ def _no_cuda() -> SpeedReport | None:
     return SpeedReport(device="cpu", reason="no CUDA device: speed is only measured on GPUs")
 
 
-def _timed(fn, repeats: int, warmup: int) -> float:
+def cuda_time(fn, repeats: int = 10, warmup: int = 3) -> float:
     """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup``, by CUDA events."""
     for _ in range(warmup):
         fn()
@@ -84,7 +84,7 @@ def measure_training(
     run.build()
     torch.cuda.reset_peak_memory_stats()
     step = iter(range(10**9))
-    seconds = _timed(lambda: run.train_step(next(step), config.lr), repeats, warmup)
+    seconds = cuda_time(lambda: run.train_step(next(step), config.lr), repeats, warmup)
     tokens_per_s = batch * seq_len / seconds
     device = torch.device("cuda")
     peak = _peak_flops(device)
@@ -117,14 +117,14 @@ def measure_decode(
             cache_box["cache"] = model.allocate_cache(batch, context + steps * (repeats + 2))
             model(tokens, cache_box["cache"])
 
-        report.prefill_tokens_per_s[context] = batch * context / _timed(prefill, repeats=1, warmup=1)
+        report.prefill_tokens_per_s[context] = batch * context / cuda_time(prefill, repeats=1, warmup=1)
         next_tokens = tokens[:, -1]
 
         def decode():
             for _ in range(steps):
                 model.step(next_tokens, cache_box["cache"])
 
-        report.decode_tokens_per_s[context] = batch * steps / _timed(decode, repeats, warmup=1)
+        report.decode_tokens_per_s[context] = batch * steps / cuda_time(decode, repeats, warmup=1)
         del cache_box["cache"]
         torch.cuda.empty_cache()
     return report
