@@ -272,14 +272,13 @@ class _Run:
             state.step += 1
             pending.append((state.step, loss))
             at_boundary = state.step in plan.eval_steps or state.step in plan.rung_steps or state.step == plan.steps
+            failure = None
             if at_boundary or len(pending) >= SYNC_EVERY or self.device.type == "cpu":
                 failure = self.check_losses(pending, progress)  # reading the losses waits for the GPU
                 pending = []
-                self.train_seconds += time.perf_counter() - started
-                if failure is not None:
-                    return "diverged", failure
-            else:
-                self.train_seconds += time.perf_counter() - started
+            self.train_seconds += time.perf_counter() - started
+            if failure is not None:
+                return "diverged", failure
             if state.step in plan.eval_steps:
                 self.record_eval()
             if state.step in plan.rung_steps:
