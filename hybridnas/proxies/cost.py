@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass, field
 from hybridnas.search_space import ArchSpec
 from hybridnas.search_space.spec import SSMConfig
 
-__all__ = ["LayerCost", "CostReport", "cost", "train_flops_per_token", "attention_pairs"]
+__all__ = ["LayerCost", "CostReport", "cost", "train_flops_per_token", "attention_pairs", "attention_shape"]
 
 
 @dataclass(frozen=True)
@@ -180,21 +180,28 @@ def _hybrid_params(spec: ArchSpec) -> int:
 # ---- per layer ----------------------------------------------------------------------------
 
 
+def attention_shape(spec: ArchSpec, symbol: str) -> tuple[int, int, int | None] | None:
+    """(attention width, key/value width, window or None) of a layer symbol; None without attention."""
+    dims = spec.dims
+    if symbol in "*W":
+        return dims.d_attn, dims.d_kv, spec.attn.window if symbol == "W" else None
+    if symbol == "H":
+        return dims.hybrid.d_attn, dims.hybrid.attn_kv_heads * spec.attn.head_dim, None
+    return None
+
+
 def _layer_cost(spec: ArchSpec, index: int, symbol: str, seq_len: int, nbytes: int) -> LayerCost:
-    d, dims, a, s = spec.d_model, spec.dims, spec.attn, spec.ssm
-    attn_d, attn_kv, ssm_d, window = 0, 0, 0, None
+    d, dims, s = spec.d_model, spec.dims, spec.ssm
+    ssm_d = 0
     moe_inactive = 0  # parameters of the routed experts a token does not visit
     if symbol in "*W":
         params = 2 * d * dims.d_attn + 2 * d * dims.d_kv
-        attn_d, attn_kv = dims.d_attn, dims.d_kv
-        window = a.window if symbol == "W" else None
     elif symbol == "M":
         params = _mamba_params(d, dims.d_ssm, dims.ssm_heads, s)
         ssm_d = dims.d_ssm
     elif symbol == "H":
         params = _hybrid_params(spec)
-        hd = dims.hybrid
-        attn_d, attn_kv, ssm_d = hd.d_attn, hd.attn_kv_heads * a.head_dim, hd.d_ssm
+        ssm_d = dims.hybrid.d_ssm
     elif symbol == "-":
         params = 3 * d * spec.d_ffn
     elif symbol == "E":
@@ -210,7 +217,9 @@ def _layer_cost(spec: ArchSpec, index: int, symbol: str, seq_len: int, nbytes: i
     train = 6.0 * active
     infer = 2.0 * active
     cache = 0
-    if attn_d:
+    attention = attention_shape(spec, symbol)
+    if attention is not None:
+        attn_d, attn_kv, window = attention
         train += 12.0 * attn_d * attention_pairs(seq_len, window) / seq_len
         seen = seq_len if window is None else min(seq_len, window)
         infer += 4.0 * attn_d * seen

@@ -34,7 +34,7 @@ from hybridnas.kernels.attention import window_mask
 from hybridnas.kernels.moe import expert_swiglu
 from hybridnas.kernels.ssd import ssd_chunked
 from hybridnas.model import HybridLM
-from hybridnas.proxies.cost import attention_pairs
+from hybridnas.proxies.cost import attention_pairs, attention_shape
 from hybridnas.search_space import ArchSpec
 
 __all__ = ["TorchCount", "count_torch", "count_fvcore", "attention_dense_gap", "module_table"]
@@ -68,9 +68,9 @@ def attention_dense_gap(spec: ArchSpec, seq_len: int) -> float:
     (and windowed) pairs the cost model counts: 12 * d_attn * (T^2 - pairs) / T per layer."""
     gap = 0.0
     for symbol in spec.pattern:
-        if symbol in "*WH":
-            d_attn = spec.dims.hybrid.d_attn if symbol == "H" else spec.dims.d_attn
-            window = spec.attn.window if symbol == "W" else None
+        attention = attention_shape(spec, symbol)
+        if attention is not None:
+            d_attn, _, window = attention
             gap += 12 * d_attn * (seq_len * seq_len - attention_pairs(seq_len, window)) / seq_len
     return gap
 
@@ -159,17 +159,6 @@ _HANDLES = {
 }
 
 
-def _fvcore_analysis(spec: ArchSpec, seq_len: int, batch: int = 1):
-    from fvcore.nn import FlopCountAnalysis
-
-    # jit tracing does not work on meta tensors (meta conv shape checks), so this runs on CPU
-    model = HybridLM(spec).eval()
-    tokens = torch.zeros(batch, seq_len, dtype=torch.long)
-    analysis = FlopCountAnalysis(model, (tokens,)).set_op_handle(**_HANDLES)
-    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-    return model, analysis
-
-
 def _prebuild_window_mask(spec: ArchSpec, seq_len: int) -> None:
     """Build the sliding-window mask before tracing: then the trace holds it as a constant
     the SDPA handle can read, instead of the ops that computed it."""
@@ -177,11 +166,24 @@ def _prebuild_window_mask(spec: ArchSpec, seq_len: int) -> None:
         window_mask(seq_len, spec.attn.window, torch.device("cpu"))
 
 
+@contextmanager
+def _fvcore_analysis(spec: ArchSpec, seq_len: int, batch: int = 1) -> Iterator[Any]:
+    """fvcore's analysis of one forward pass; count inside the block (fvcore traces lazily)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    _prebuild_window_mask(spec, seq_len)
+    # jit tracing does not work on meta tensors (meta conv shape checks), so this runs on CPU
+    model = HybridLM(spec).eval()
+    tokens = torch.zeros(batch, seq_len, dtype=torch.long)
+    with _opaque_kernels():
+        analysis = FlopCountAnalysis(model, (tokens,)).set_op_handle(**_HANDLES)
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+        yield analysis
+
+
 def count_fvcore(spec: ArchSpec, seq_len: int, batch: int = 1) -> tuple[float, dict[str, float]]:
     """(training FLOPs per token, forward MACs per token by operator) from fvcore."""
-    _prebuild_window_mask(spec, seq_len)
-    with _opaque_kernels():
-        _, analysis = _fvcore_analysis(spec, seq_len, batch)
+    with _fvcore_analysis(spec, seq_len, batch) as analysis:
         macs = analysis.total()
         by_op = {op: v / (batch * seq_len) for op, v in Counter(analysis.by_operator()).items()}
     return 6.0 * macs / (batch * seq_len), by_op
@@ -191,8 +193,5 @@ def module_table(spec: ArchSpec, seq_len: int, max_depth: int = 3) -> str:
     """fvcore's per-module table (forward MACs for one sequence, and parameters)."""
     from fvcore.nn import flop_count_table
 
-    _prebuild_window_mask(spec, seq_len)
-    with _opaque_kernels():
-        model, analysis = _fvcore_analysis(spec, seq_len)
+    with _fvcore_analysis(spec, seq_len) as analysis:
         return flop_count_table(analysis, max_depth=max_depth)
-
