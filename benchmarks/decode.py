@@ -3,7 +3,8 @@ about 100M parameters, at contexts 2K / 8K / 32K (batch 4, bf16), on one CUDA de
 
     python benchmarks/decode.py
 
-Also prints prefill tokens/s. See hybridnas.proxies.speed for what is timed.
+Also prints prefill tokens/s and whether decode ran from a CUDA graph. See
+hybridnas.proxies.speed for what is timed.
 """
 
 import torch
@@ -33,7 +34,7 @@ def main():
         params = cost(spec).total.params / 1e6
         decode = " | ".join(f"{report.decode_tokens_per_s[c]:,.0f}" for c in CONTEXTS)
         prefill = " | ".join(f"{report.prefill_tokens_per_s[c]:,.0f}" for c in CONTEXTS)
-        print(f"| {name} | {params:.0f}M | {decode} | {prefill} |")
+        print(f"| {name} | {params:.0f}M | {decode} | {prefill} |  ({report.decode_mode})")
         torch.cuda.empty_cache()
 
 

@@ -53,12 +53,22 @@ def main():
     rows.append(("ssd_step", "8 x 24x64, N=128", timed(lambda: ssd_step(state, *step_args)),
                  timed(lambda: kernels.ssd_step(state, *step_args))))
 
-    q = torch.randn(8, 16, 4096, 64, device="cuda", dtype=torch.bfloat16)
-    kv = torch.randn(8, 4, 4096, 64, device="cuda", dtype=torch.bfloat16)
-    global_ms = timed(lambda: causal_attention(q, kv, kv))
-    window_ms = timed(lambda: causal_attention(q, kv, kv, window=512))
-    rows.append(("causal_attention (SDPA)", "8x4096, 16q/4kv x 64", global_ms, global_ms))
-    rows.append(("window 512 (SDPA + mask)", "8x4096, 16q/4kv x 64", window_ms, window_ms))
+    q = torch.randn(8, 16, 4096, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    kv = torch.randn(8, 4, 4096, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+
+    def attention_fwd_bwd(fn, window):
+        return lambda: fn(q, kv, kv, window=window).float().sum().backward()
+
+    global_ms = timed(attention_fwd_bwd(causal_attention, None))
+    rows.append(("causal_attention fwd+bwd (SDPA flash, both)", "8x4096, 16q/4kv x 64", global_ms, global_ms))
+    rows.append(("window 512 fwd+bwd (dense mask vs FlexAttention)", "8x4096, 16q/4kv x 64",
+                 timed(attention_fwd_bwd(causal_attention, 512)), timed(attention_fwd_bwd(kernels.causal_attention, 512))))
+
+    k_cache = torch.randn(4, 4, 32768, 64, device="cuda", dtype=torch.bfloat16)
+    q1 = torch.randn(4, 16, 1, 64, device="cuda", dtype=torch.bfloat16)
+    n_valid = torch.tensor(32768, device="cuda")
+    decode_ms = timed(lambda: kernels.attention_decode(q1, k_cache, k_cache, n_valid))
+    rows.append(("attention_decode (SDPA, masked)", "4 x 16q/4kv x 64, 32K cache", decode_ms, decode_ms))
 
     xc = torch.randn(8, 3328, 4096, device="cuda", dtype=torch.bfloat16)
     wc = torch.randn(3328, 4, device="cuda", dtype=torch.bfloat16)

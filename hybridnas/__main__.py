@@ -1,3 +1,5 @@
+"""``python -m hybridnas``: the same as the ``hybridnas`` command."""
+
 import sys
 
 from hybridnas.cli import main

@@ -214,7 +214,8 @@ def train_command(
     spec = load_spec(target, d_model)
     if not (flops > 0 and flops < float("inf")):
         raise UserError(f"--flops={flops}: must be a positive number of FLOPs")
-    settings = {"seq_len": seq_len, "corpus": corpus, "tokenizer": tokenizer, "seed": seed, "progress": not as_json}
+    # progress goes to stderr, so --json output on stdout stays clean
+    settings = {"seq_len": seq_len, "corpus": corpus, "tokenizer": tokenizer, "seed": seed, "progress": True}
     settings |= {k: v for k, v in {"lr": lr, "batch_tokens": batch_tokens, "micro_batch": micro_batch, "out_dir": out and str(out.resolve())}.items() if v is not None}
     try:
         config = TrainConfig(**settings)
@@ -254,7 +255,6 @@ _CORE = ("torch", "optuna", "ray", "sqlalchemy", "dash", "plotly", "fvcore", "py
 _OPTIONAL = (
     ("mamba-ssm", "mamba_ssm"),
     ("causal-conv1d", "causal_conv1d"),
-    ("flash-attn", "flash_attn"),
     ("psycopg", "psycopg"),
 )
 

@@ -116,7 +116,7 @@ def test_installed_entry_point_reports_bad_input_without_traceback():
 def test_doctor(capsys):
     code, out, _ = run_cli(capsys, "doctor")
     assert code == 0
-    for name in ("python", "torch", "optuna", "ray", "device", "optional: mamba-ssm", "optional: flash-attn"):
+    for name in ("python", "torch", "optuna", "ray", "device", "optional: mamba-ssm", "optional: causal-conv1d"):
         assert name in out
     assert "cpu" in out or "cuda" in out
 

@@ -415,6 +415,24 @@ def test_attention_decode_ring_buffer_window(hq, hkv):
         torch.testing.assert_close(out[:, :, 0], full[:, :, pos], **F32)
 
 
+@pytest.mark.parametrize(("hq", "hkv"), [(2, 2), (8, 2)])
+def test_attention_decode_with_a_device_count_masks_unfilled_slots(hq, hkv):
+    """n_valid as a tensor (the CUDA-graph form: fixed shapes, every slot read): 0-d or one
+    count per sequence; large finite garbage in unfilled slots changes nothing."""
+    q, k, v = attn_inputs(seed=60 + hq, hq=hq, hkv=hkv, t=9)
+    gen = _gen(2)
+    k_cache = _randn(gen, 2, hkv, 12, 8, scale=30.0)
+    v_cache = _randn(gen, 2, hkv, 12, 8, scale=30.0)
+    k_cache[:, :, :9], v_cache[:, :, :9] = k, v
+    q_last = q[:, :, 8:9]
+    for n in (1, 5, 9):
+        masked = attention_decode(q[:, :, n - 1 : n], k_cache, v_cache, n_valid=torch.tensor(n))
+        torch.testing.assert_close(masked, attention_decode(q[:, :, n - 1 : n], k_cache, v_cache, n_valid=n), **F32)
+    per_sequence = attention_decode(q_last, k_cache, v_cache, n_valid=torch.tensor([9, 4]))
+    torch.testing.assert_close(per_sequence[:1], attention_decode(q_last[:1], k_cache[:1], v_cache[:1], 9), **F32)
+    torch.testing.assert_close(per_sequence[1:], attention_decode(q_last[1:], k_cache[1:], v_cache[1:], 4), **F32)
+
+
 # ----------------------------------------------------------------------------- MoE experts
 
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import hybridnas.kernels as kernels
 from hybridnas import ArchSpec
+from hybridnas.kernels.attention import causal_attention as causal_attention_ref
 from hybridnas.kernels.ssd import ssd_chunked, ssd_step
 from hybridnas.model import Mamba2
 
@@ -78,6 +79,39 @@ def test_triton_state_update_matches_reference(dtype):
         y_ref = ssd_step(state_ref, *args)
         torch.testing.assert_close(y.float(), y_ref.float(), **TOL[dtype])
     torch.testing.assert_close(state_fast, state_ref, **TOL[dtype])
+
+
+# ---- attention ---------------------------------------------------------------------------
+
+
+def test_backends_choose_flex_for_windows():
+    assert kernels.backends()["causal_attention"]["backend"] == "flex"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("t", "window", "hq", "hkv"), [(300, 64, 4, 4), (256, 200, 8, 2), (1024, 128, 4, 1)])
+def test_flex_window_attention_matches_reference(dtype, t, window, hq, hkv):
+    """Outputs and the gradients of q, k and v, lengths that are and are not multiples of
+    FlexAttention's 128-token blocks, windows smaller and larger than a block, GQA."""
+    gen = torch.Generator(device="cuda").manual_seed(t + window)
+    q, k, v = (torch.randn(2, h, t, 32, generator=gen, device="cuda").to(dtype).requires_grad_() for h in (hq, hkv, hkv))
+    weights = torch.randn(2, hq, t, 32, generator=gen, device="cuda")
+    results = {}
+    for name, fn in (("fast", kernels.causal_attention), ("reference", causal_attention_ref)):
+        y = fn(q, k, v, window=window)
+        results[name] = (y, *torch.autograd.grad((y.float() * weights).sum(), (q, k, v)))
+    for what, fast, ref in zip(("y", "dq", "dk", "dv"), results["fast"], results["reference"]):
+        scale = ref.float().abs().max()
+        torch.testing.assert_close(fast.float() / scale, ref.float() / scale, **TOL[dtype], msg=what)
+
+
+def test_masked_decode_matches_sliced_decode_on_cuda():
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    q = torch.randn(3, 8, 1, 64, generator=gen, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(3, 2, 50, 64, generator=gen, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for n in (1, 17, 50):
+        masked = kernels.attention_decode(q, k, v, torch.tensor(n, device="cuda"))
+        torch.testing.assert_close(masked.float(), kernels.attention_decode(q, k, v, n).float(), **TOL[torch.bfloat16])
 
 
 # ---- our Mamba2 against mamba-ssm's ---------------------------------------------------------

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from hybridnas import HybridLM
+from hybridnas.model import CUDAGraphStep, GraphCaptureError
 from specs import SPECS, VOCAB
 
 pytestmark = pytest.mark.gpu
@@ -35,3 +36,28 @@ def test_decode_matches_forward_on_cuda(name):
         stepped = torch.stack([model.step(tokens[:, i], cache) for i in range(21)], dim=1).float()
         scale = full.abs().max()
         torch.testing.assert_close(stepped / scale, full / scale, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("name", [n for n in SPECS if not n.startswith("moe")])
+def test_cuda_graph_decode_matches_eager_decode(name):
+    """After a prefill, the graphed step gives the eager step's logits token for token,
+    through the window's ring-buffer wrap-around (window 5, 13 decoded tokens)."""
+    model = HybridLM(SPECS[name]).cuda().to(torch.bfloat16).eval()
+    tokens = torch.randint(0, VOCAB, (2, 21), device="cuda")
+    caches = [model.allocate_cache(2, 21) for _ in range(2)]
+    with torch.no_grad():
+        for cache in caches:
+            model(tokens[:, :8], cache)
+    graphed = CUDAGraphStep(model, caches[1])
+    for i in range(8, 21):
+        eager = model.step(tokens[:, i], caches[0])
+        torch.testing.assert_close(graphed(tokens[:, i]).float(), eager.float(), rtol=1e-2, atol=1e-2)
+    assert caches[1].pos == 21
+    with pytest.raises(ValueError, match="cache is full"):
+        graphed(tokens[:, 0])
+
+
+def test_cuda_graph_refuses_moe():
+    model = HybridLM(SPECS["moe-0"]).cuda().eval()
+    with pytest.raises(GraphCaptureError, match="MoE"):
+        CUDAGraphStep(model, model.allocate_cache(1, 8))

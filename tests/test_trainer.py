@@ -29,6 +29,14 @@ def config(cache, **overrides):
 # ---- budget and schedule -------------------------------------------------------------------
 
 
+def test_progress_in_a_batch_log_is_plain_lines(cache, capsys):
+    """Not a terminal (a cluster job's log): no bar, but the last step is reported as a line."""
+    result = train(TINY, 1e10, config(cache, progress=True))
+    err = capsys.readouterr().err
+    assert f"step {result.steps}/{result.steps}, loss " in err, err
+    assert "\x1b[" not in err  # no terminal control codes
+
+
 @pytest.mark.parametrize("budget", [3e9, 1e11, 2.5e12, 7e13])
 @pytest.mark.parametrize("seq_len", [64, 256])
 def test_plan_spends_the_budget_to_within_half_a_sequence(budget, seq_len):

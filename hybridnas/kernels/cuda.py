@@ -5,9 +5,15 @@
   ``import mamba_ssm`` (its ``__init__`` imports ``selective_scan_cuda``), but the Triton
   modules need nothing from it: they are imported under a bare package object instead.
 - ``causal_conv1d`` / ``causal_conv1d_step``: the ``causal-conv1d`` package, when installed.
-
-Attention needs no entry here: ``scaled_dot_product_attention`` already takes its flash
-backend on CUDA for causal bf16 attention.
+  (Without it the conv is cuDNN's depthwise F.conv1d. Writing it as K shifted multiply-adds
+  for torch.compile to fuse was 1.3x faster alone but made the compiled training step 25%
+  slower on an H100, so it was dropped: see docs/benchmarks.md.)
+- ``causal_attention`` with a sliding window: PyTorch's FlexAttention with a block-sparse
+  window mask, so only the key blocks inside the window are computed (the reference passes
+  a dense boolean mask to SDPA, which computes all T x T scores and cannot use the flash
+  backend). Global causal attention stays on SDPA, whose flash backend it already takes.
+- ``attention_decode`` stays on SDPA: one query row per KV head group is a memory-bound
+  read of the cache, which SDPA's memory-efficient backend already does.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ import importlib
 import importlib.util
 import sys
 import types
+from functools import lru_cache
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from hybridnas.kernels.registry import Op
@@ -79,6 +88,34 @@ def _conv_causal_conv1d(module: types.ModuleType):
     return causal_conv1d, causal_conv1d_step
 
 
+@lru_cache(maxsize=32)
+def _window_block_mask(seq_len: int, window: int, device: torch.device):
+    """FlexAttention block mask of a causal window: query i sees keys i-window+1..i."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def in_window(batch, head, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
+
+    return create_block_mask(in_window, B=None, H=None, Q_LEN=seq_len, KV_LEN=seq_len, device=device)
+
+
+def _attention_flex():
+    """causal_attention with FlexAttention for windows; SDPA (flash) for global attention."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    # FlexAttention is only fast compiled: it generates one Triton kernel per mask
+    flex = torch.compile(flex_attention, dynamic=False)
+
+    def causal_attention(q: Tensor, k: Tensor, v: Tensor, window: int | None = None) -> Tensor:
+        gqa = bool(q.shape[1] != k.shape[1])
+        t = int(q.shape[2])
+        if window is None or window >= t:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        return flex(q, k, v, block_mask=_window_block_mask(t, window, q.device), enable_gqa=gqa)
+
+    return causal_attention
+
+
 def register(ops: dict[str, Op]) -> None:
     """Register every fast backend whose library imports; record why not otherwise."""
     try:
@@ -100,7 +137,14 @@ def register(ops: dict[str, Op]) -> None:
         ops["causal_conv1d"].register_cuda("causal-conv1d", full, "causal-conv1d CUDA kernel")
         ops["causal_conv1d_step"].register_cuda("causal-conv1d", step, "causal-conv1d CUDA update kernel")
 
-    ops["causal_attention"].reason = "scaled_dot_product_attention (flash backend for causal bf16 on CUDA)"
+    try:
+        windowed = _attention_flex()
+    except Exception as exc:
+        ops["causal_attention"].reason = f"reference SDPA with a dense window mask: FlexAttention unavailable ({exc})"
+    else:
+        ops["causal_attention"].register_cuda(
+            "flex", windowed, "SDPA flash backend for global attention; FlexAttention block-sparse kernel for windows"
+        )
     ops["attention_decode"].reason = "scaled_dot_product_attention against the KV cache"
 
 

@@ -3,6 +3,7 @@
 from hybridnas.model.attention import Attention, SlidingWindowAttention
 from hybridnas.model.cache import LMCache
 from hybridnas.model.ffn import SwiGLU
+from hybridnas.model.graphs import CUDAGraphStep, GraphCaptureError
 from hybridnas.model.hybrid import ParallelHybrid
 from hybridnas.model.lm import LAYERS, HybridLM, LMLoss
 from hybridnas.model.mamba2 import Mamba2
@@ -19,4 +20,6 @@ __all__ = [
     "ParallelHybrid",
     "SwiGLU",
     "MoE",
+    "CUDAGraphStep",
+    "GraphCaptureError",
 ]

@@ -92,16 +92,17 @@ class Attention(nn.Module):
         shape = (batch, self.n_kv_heads, slots, self.head_dim)
         return AttentionCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
-    def step(self, x: Tensor, cache: AttentionCache, pos: int) -> Tensor:
-        """One token x [batch, d_model] at position ``pos`` -> [batch, d_model]."""
+    def step(self, x: Tensor, cache: AttentionCache, position: Tensor) -> Tensor:
+        """One token x [batch, d_model] at ``position`` (a 0-d integer tensor on x's device,
+        so that no step waits for the host and the step can be captured in a CUDA graph)
+        -> [batch, d_model]. The caller keeps ``position`` below the cache's length."""
         slots = cache.k.shape[2]
-        if self.window is None and pos >= slots:
-            raise ValueError(f"attention cache is full: max_len={slots}, position {pos}")
-        # arange, not torch.tensor([pos]): a host-to-device copy would wait for the GPU every step
-        q, k, v = self._qkv(x.unsqueeze(1), torch.arange(pos, pos + 1, device=x.device))
-        cache.k[:, :, pos % slots] = k[:, :, 0].to(cache.k.dtype)
-        cache.v[:, :, pos % slots] = v[:, :, 0].to(cache.v.dtype)
-        y = kernels.attention_decode(q, cache.k.to(q.dtype), cache.v.to(q.dtype), min(pos + 1, slots))
+        q, k, v = self._qkv(x.unsqueeze(1), position.reshape(1))
+        slot = (position % slots).reshape(1)  # a window keeps a ring buffer
+        cache.k.index_copy_(2, slot, k.to(cache.k.dtype))
+        cache.v.index_copy_(2, slot, v.to(cache.v.dtype))
+        n_valid = torch.clamp(position + 1, max=slots)
+        y = kernels.attention_decode(q, cache.k.to(q.dtype), cache.v.to(q.dtype), n_valid)
         return self._out(y).squeeze(1)
 
 

@@ -35,7 +35,9 @@ class HybridBlockCache:
 class LMCache:
     layers: list  # one entry per pattern position; None for FFN layers
     max_len: int
-    pos: int = 0  # tokens already in the cache
+    position: Tensor  # 0-d int64 on the cache's device: the next token's position, read by
+    # the decode step on the device (no host sync; a CUDA graph replays it unchanged)
+    pos: int = 0  # the same count on the host, for bounds checks without a sync
 
     @property
     def tensors(self) -> list[Tensor]:

@@ -119,5 +119,5 @@ class ParallelHybrid(nn.Module):
             self.ssm.allocate_cache(batch, max_len, device=device, dtype=dtype),
         )
 
-    def step(self, x: Tensor, cache: HybridBlockCache, pos: int) -> Tensor:
-        return self._merge(self.attn.step(x, cache.attn, pos), self.ssm.step(x, cache.ssm, pos), x)
+    def step(self, x: Tensor, cache: HybridBlockCache, position: Tensor) -> Tensor:
+        return self._merge(self.attn.step(x, cache.attn, position), self.ssm.step(x, cache.ssm), x)

@@ -66,11 +66,11 @@ class Block(nn.Module):
             return x + y, aux
         return x + self.layer(h), None
 
-    def step(self, x: Tensor, cache, pos: int) -> Tensor:
-        """One token x [batch, d_model] -> [batch, d_model]."""
+    def step(self, x: Tensor, cache, position: Tensor) -> Tensor:
+        """One token x [batch, d_model] at ``position`` (0-d tensor) -> [batch, d_model]."""
         h = self.norm(x)
         if self.symbol in MIXERS:
-            return x + self.layer.step(h, cache, pos)
+            return x + self.layer.step(h, cache, position)
         y = self.layer(h)
         return x + (y[0] if self.symbol == "E" else y)
 
@@ -136,6 +136,7 @@ class HybridLM(nn.Module):
         x, _ = self._trunk(tokens, cache)
         if cache is not None:
             cache.pos = tokens.shape[1]
+            cache.position.fill_(cache.pos)
         return self._logits(x)
 
     def losses(self, tokens: Tensor, targets: Tensor | None = None) -> LMLoss:
@@ -168,15 +169,23 @@ class HybridLM(nn.Module):
             block.layer.allocate_cache(batch, max_len, device=device, dtype=dtype) if block.symbol in MIXERS else None
             for block in self.blocks
         ]
-        return LMCache(layers, max_len)
+        return LMCache(layers, max_len, torch.zeros((), dtype=torch.long, device=device))
 
     @torch.no_grad()
     def step(self, tokens: Tensor, cache: LMCache) -> Tensor:
         """Decode one position: tokens [batch] -> logits [batch, vocab]; advances ``cache``."""
         if cache.pos >= cache.max_len:
             raise ValueError(f"cache is full: max_len={cache.max_len}")
+        logits = self.step_on_device(tokens, cache)
+        cache.pos += 1
+        return logits
+
+    @torch.no_grad()
+    def step_on_device(self, tokens: Tensor, cache: LMCache) -> Tensor:
+        """:meth:`step`'s device work alone: no bounds check and no host bookkeeping
+        (``cache.pos`` is left to the caller), so it can be captured in a CUDA graph."""
         x = self.embed(tokens)
         for block, layer_cache in zip(self.blocks, cache.layers):
-            x = block.step(x, layer_cache, cache.pos)
-        cache.pos += 1
+            x = block.step(x, layer_cache, cache.position)
+        cache.position.add_(1)
         return self._logits(self.norm(x))

@@ -103,8 +103,9 @@ class Mamba2(nn.Module):
         ssm = torch.zeros(batch, self.n_heads, self.head_dim, self.d_state, device=device, dtype=dtype)
         return Mamba2Cache(conv, ssm)
 
-    def step(self, u: Tensor, cache: Mamba2Cache, pos: int) -> Tensor:
-        """One token u [batch, d_model] -> [batch, d_model]; advances the cache in place."""
+    def step(self, u: Tensor, cache: Mamba2Cache, position: Tensor | None = None) -> Tensor:
+        """One token u [batch, d_model] -> [batch, d_model]; advances the cache in place.
+        (``position`` is unused: the state carries all that is needed.)"""
         z, xbc, dt = self._split(self.in_proj(u))
         xbc = kernels.causal_conv1d_step(xbc, cache.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
         x, dt, A, B, C = self._ssm_inputs(xbc, dt)

@@ -8,7 +8,9 @@ prefill and decode throughput at long contexts.
 - Decode: tokens/s of one-token steps with ``context`` tokens already in the cache (batch 4
   by default, as in Bae et al. Table 13). Bae et al. report the average over generating up
   to a total length from a 512-token prompt; this measures the rate at that length, the
-  figure that matters for a frontier and cheaper to take.
+  figure that matters for a frontier and cheaper to take. The step is replayed from a CUDA
+  graph (``hybridnas.model.CUDAGraphStep``), as a serving stack would run it; models that
+  cannot be captured (MoE) decode eagerly, and ``decode_mode`` says so.
 
 On a CPU nothing is measured: every figure is None and ``reason`` says why.
 """
@@ -20,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from hybridnas.model import HybridLM
+from hybridnas.model import CUDAGraphStep, GraphCaptureError, HybridLM
 from hybridnas.search_space import ArchSpec
 
 __all__ = ["SpeedReport", "measure", "measure_training", "measure_decode", "cuda_time"]
@@ -37,6 +39,7 @@ class SpeedReport:
     seq_len: int | None = None
     prefill_tokens_per_s: dict[int, float] = field(default_factory=dict)
     decode_tokens_per_s: dict[int, float] = field(default_factory=dict)
+    decode_mode: str | None = None  # "cuda-graph", or "eager" and why
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,9 +104,11 @@ def measure_training(
 @torch.no_grad()
 def measure_decode(
     spec: ArchSpec, contexts: tuple[int, ...] = (2048, 8192, 32768), batch: int = 4,
-    steps: int = 32, repeats: int = 3,
+    steps: int = 32, repeats: int = 3, cuda_graph: bool = True,
 ) -> SpeedReport:
-    """Prefill and decode tokens/s at each context length, bf16 weights and cache."""
+    """Prefill and decode tokens/s at each context length, bf16 weights and cache. Decode
+    replays the step from a CUDA graph (``CUDAGraphStep``) unless ``cuda_graph`` is False or
+    the model cannot be captured (MoE); ``decode_mode`` says which ran."""
     missing = _no_cuda()
     if missing is not None:
         return missing
@@ -111,23 +116,36 @@ def measure_decode(
     report = SpeedReport(device=torch.cuda.get_device_name(), batch=batch)
     for context in contexts:
         tokens = torch.randint(0, spec.vocab_size, (batch, context), device="cuda")
+        max_len = context + steps * (repeats + 2) + 4  # + the graph's warm-up (restored, but bounded the same)
         cache_box = {}
 
         def prefill():
-            cache_box["cache"] = model.allocate_cache(batch, context + steps * (repeats + 2))
+            cache_box["cache"] = model.allocate_cache(batch, max_len)
             model(tokens, cache_box["cache"])
 
         report.prefill_tokens_per_s[context] = batch * context / cuda_time(prefill, repeats=1, warmup=1)
+        cache = cache_box.pop("cache")
+        step, report.decode_mode = _decode_step(model, cache, cuda_graph)
         next_tokens = tokens[:, -1]
 
         def decode():
             for _ in range(steps):
-                model.step(next_tokens, cache_box["cache"])
+                step(next_tokens)
 
         report.decode_tokens_per_s[context] = batch * steps / cuda_time(decode, repeats, warmup=1)
-        del cache_box["cache"]
+        del cache, step
         torch.cuda.empty_cache()
     return report
+
+
+def _decode_step(model: HybridLM, cache, cuda_graph: bool):
+    """(tokens -> logits, what it is): the graphed step where it can be captured."""
+    if not cuda_graph:
+        return (lambda tokens: model.step(tokens, cache)), "eager"
+    try:
+        return CUDAGraphStep(model, cache), "cuda-graph"
+    except GraphCaptureError as exc:
+        return (lambda tokens: model.step(tokens, cache)), f"eager ({exc})"
 
 
 def measure(spec: ArchSpec, batch: int = 8, seq_len: int = 2048, contexts=(2048, 8192, 32768)) -> SpeedReport:
@@ -138,4 +156,5 @@ def measure(spec: ArchSpec, batch: int = 8, seq_len: int = 2048, contexts=(2048,
     decoding = measure_decode(spec, contexts)
     training.prefill_tokens_per_s = decoding.prefill_tokens_per_s
     training.decode_tokens_per_s = decoding.decode_tokens_per_s
+    training.decode_mode = decoding.decode_mode
     return training

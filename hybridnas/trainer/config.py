@@ -54,7 +54,9 @@ class TrainConfig(BaseModel):
     # execution
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    compile: bool = False
+    # torch.compile of the loss: "auto" compiles on a known GPU when the budget is large
+    # enough to pay back the compile time (1.5x faster steps on an H100; see _Run.compile_pays)
+    compile: bool | Literal["auto"] = "auto"
     progress: bool = True
     out_dir: str | None = None  # rung checkpoints and result.json
 

@@ -167,6 +167,10 @@ def _device(config: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
+# the compile="auto" rule's figures (H100, 136M Inter 1:5, docs/benchmarks.md)
+EAGER_MFU, COMPILED_MFU, COMPILE_COST_S = 0.13, 0.20, 120.0
+
+
 def _peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -210,8 +214,21 @@ class _Run:
     def build(self) -> None:
         self.model = HybridLM(self.spec, seed=self.config.seed).to(self.device).train()
         self.optimizer = _optimizer(self.model, self.config, self.device)
-        self.loss_fn = torch.compile(self.model.losses) if self.config.compile else self.model.losses
+        compiled = self.compile_pays() if self.config.compile == "auto" else self.config.compile
+        # dynamic=False: one shape (a micro-batch); see train_step for the short last chunk
+        self.loss_fn = torch.compile(self.model.losses, dynamic=False) if compiled else self.model.losses
         self.val = self.data.val_sequences(self.config.val_sequences, self.plan.seq_len).to(self.device)
+
+    def compile_pays(self) -> bool:
+        """``compile="auto"``: compile where the time it saves exceeds what it costs. Measured
+        on an H100 (docs/benchmarks.md): the step runs at about 13% MFU eager and 20% compiled,
+        and compiling a candidate costs 1-3 minutes (more with cold Triton caches), so a run
+        gains only past about 4e16 FLOPs there. CPUs never compile (short trials dominate)."""
+        peak = _peak_flops(self.device)
+        if self.device.type != "cuda" or peak is None:
+            return False
+        seconds_saved = self.budget / peak * (1 / EAGER_MFU - 1 / COMPILED_MFU)
+        return seconds_saved > COMPILE_COST_S
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -228,10 +245,14 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         n = batch.shape[0]
+        chunk_seqs = self.config.micro_batch or self.plan.batch_seqs
         total = torch.zeros((), device=self.device)
-        for chunk in batch.split(self.config.micro_batch or n):
+        for chunk in batch.split(chunk_seqs):
+            # a shorter chunk (the last step's remainder) runs eagerly: recompiling the loss for
+            # a shape seen once took longer than ten steps on an H100
+            loss_fn = self.loss_fn if chunk.shape[0] == chunk_seqs else self.model.losses
             with self.autocast():
-                parts = self.loss_fn(chunk)
+                parts = loss_fn(chunk)
             (parts.total * (chunk.shape[0] / n)).backward()
             total += parts.lm.detach() * (chunk.shape[0] / n)
         if self.config.grad_clip is not None:
@@ -422,9 +443,12 @@ class _Run:
 
 
 def _progress(config: TrainConfig, plan: Plan, spec: ArchSpec):
-    """A rich progress bar on an interactive stderr; a no-op otherwise. Returns (update, close)."""
-    if not (config.progress and sys.stderr.isatty()):
+    """Progress on stderr: a rich bar when interactive; in a batch log (a cluster job, a Ray
+    worker) a plain line at most every 30 s. Returns (update, close)."""
+    if not config.progress:
         return (lambda step, loss: None), (lambda: None)
+    if not sys.stderr.isatty():
+        return _progress_lines(plan, spec, every_s=30.0), (lambda: None)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -440,6 +464,21 @@ def _progress(config: TrainConfig, plan: Plan, spec: ArchSpec):
     task = bar.add_task("train", total=plan.steps, loss="-")
     bar.start()
     return (lambda step, loss: bar.update(task, completed=step, loss=f"{loss:.3f}")), bar.stop
+
+
+def _progress_lines(plan: Plan, spec: ArchSpec, every_s: float):
+    started = time.perf_counter()
+    last = [started]
+
+    def update(step: int, loss: float) -> None:  # step: optimiser steps done
+        now = time.perf_counter()
+        if now - last[0] < every_s and step < plan.steps:
+            return
+        last[0] = now
+        print(f"train {spec.short_id}: step {step}/{plan.steps}, loss {loss:.3f}, {now - started:.0f} s",
+              file=sys.stderr, flush=True)
+
+    return update
 
 
 def train(
