@@ -304,6 +304,106 @@ def doctor() -> None:
     console.print(table)
 
 
+# ---- studies ------------------------------------------------------------------------------
+
+DEFAULT_STORAGE = "sqlite:///hybridnas.db"
+StorageOption = Annotated[Optional[str], typer.Option("--storage", help="database URL (default: the study's, or sqlite:///hybridnas.db)")]
+
+
+def _study_errors():
+    """The study modules' bad-input errors, reported as one line."""
+    from hybridnas.studies.config import StudyConfigError
+    from hybridnas.studies.storage import StorageError
+    from hybridnas.studies.where import QueryError
+
+    return (StudyConfigError, StorageError, QueryError)
+
+
+@app.command()
+def launch(
+    target: Annotated[str, typer.Argument(help="a preset name (quickstart, ...) or a study.toml")],
+    storage: StorageOption = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="a running Ray cluster (default: start one here)")] = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", help="the study's total number of trials")] = None,
+) -> None:
+    """Run a study (or resume it) to its number of trials; print its Pareto set."""
+    from hybridnas.studies.launch import launch as run_launch
+
+    if trials is not None and trials < 1:
+        raise UserError(f"--trials={trials}: must be at least 1")
+    try:
+        report = run_launch(target, storage=storage, ray_address=ray_address, trials=trials)
+    except _study_errors() as exc:
+        raise UserError(str(exc)) from None
+    t = report.tally
+    console.print(f"study {report.study} ({report.storage}): {t.done} complete, {t.pruned} pruned, "
+                  f"{t.failed} failed, {t.reused} reused, {t.infeasible} infeasible this run; "
+                  f"pruning saved {report.compute_saved:.0%} of the full-budget FLOPs")
+    names = [o.name for o in report.objectives]
+    _print_rows(report.pareto, names, title=f"Pareto set of {report.study} on {', '.join(names)}")
+
+
+@app.command()
+def studies(storage: StorageOption = None) -> None:
+    """List the studies in a database."""
+    from hybridnas.studies.query import list_studies
+
+    try:
+        found = list_studies(storage or DEFAULT_STORAGE)
+    except _study_errors() as exc:
+        raise UserError(str(exc)) from None
+    table = Table("study", "trials", "complete", "pruned", "fail", "running", "best val_loss")
+    for s in found:
+        best = f"{s['best_val_loss']:.4f}" if s["best_val_loss"] is not None else "-"
+        table.add_row(s["study"], *(str(s[k]) for k in ("trials", "complete", "pruned", "fail", "running")), best)
+    console.print(table)
+
+
+@app.command()
+def query(
+    study: Annotated[str, typer.Argument(help="the study's name")],
+    where: Annotated[Optional[str], typer.Option("--where", help='e.g. fusion == "intra" and n_attn <= 2')] = None,
+    pareto: Annotated[Optional[str], typer.Option("--pareto", help="first front on these columns, e.g. val_loss,params")] = None,
+    sort: Annotated[Optional[str], typer.Option("--sort", help="a column; -column for descending")] = None,
+    output: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+    storage: StorageOption = None,
+) -> None:
+    """Rows of a study, filtered, sorted or reduced to a Pareto front."""
+    from hybridnas.studies.query import format_rows, query_study
+
+    if output not in ("table", "csv", "json"):
+        raise UserError(f"--format={output}: expected table, csv or json")
+    objectives = [p.strip() for p in pareto.split(",") if p.strip()] if pareto else []
+    try:
+        rows = query_study(storage or DEFAULT_STORAGE, study, where=where, pareto=objectives or None, sort=sort)
+    except _study_errors() as exc:
+        raise UserError(str(exc)) from None
+    if output == "table":
+        _print_rows(rows, objectives, title=f"{study}: {len(rows)} trials")
+    else:
+        print(format_rows(rows, output, objectives), end="" if output == "csv" else "\n")
+
+
+def _print_rows(rows: list[dict], extra: list[str], title: str) -> None:
+    from hybridnas.studies.query import TABLE_COLUMNS
+
+    columns = list(dict.fromkeys([*TABLE_COLUMNS, *extra]))
+    table = Table(*columns, title=title)
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    console.print(table)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1e4 else human(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1e4:
+        return human(value)
+    return str(value)
+
+
 # ---- entry point --------------------------------------------------------------------------
 
 

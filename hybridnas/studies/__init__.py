@@ -1,0 +1,1 @@
+"""Studies: search runs, their stored trials, and queries over them."""

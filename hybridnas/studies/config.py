@@ -1,0 +1,552 @@
+"""``StudyConfig``: one study, read from TOML and validated, with one-line errors.
+
+A study file names what is searched (``[space]``), at what size (``[size]``), for which
+objectives (``[[objectives]]``), under which FLOP budget and rungs (``[budget]``), with which
+Optuna sampler (``[sampler]``) and how each candidate is trained (``[trainer]``, a
+:class:`~hybridnas.trainer.config.TrainConfig`). Every dimension of ``[space]`` is a single
+value (fixed) or a list of choices (searched when it holds more than one)::
+
+    name = "my-study"
+    trials = 48
+    [space]
+    fusion = ["inter", "intra"]
+    attn_ratio = ["1:1", "1:5"]
+    [space.merge]
+    op = ["sub", "mean"]
+
+:func:`load_study_config` takes a preset name (see :func:`preset_names`) or a path. Every
+error is a :class:`StudyConfigError` whose message is one line naming the dotted key, e.g.
+``space.fusion: 'intre' is not one of inter, intra``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from fractions import Fraction
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hybridnas.search_space.errors import SpecError
+from hybridnas.search_space.layout import PLACEMENTS
+from hybridnas.search_space.spec import ArchSpec
+from hybridnas.trainer.config import TrainConfig
+
+__all__ = [
+    "StudyConfig",
+    "StudyConfigError",
+    "SpaceConfig",
+    "MergeSpace",
+    "MoESpace",
+    "IntRange",
+    "SizeConfig",
+    "Objective",
+    "BudgetConfig",
+    "SamplerConfig",
+    "OBJECTIVES",
+    "BASELINES",
+    "load_study_config",
+    "preset_names",
+    "parse_ratio",
+    "split_fraction",
+]
+
+OBJECTIVES = (
+    "val_loss",
+    "params",
+    "params_active",
+    "train_flops",
+    "cache_bytes",
+    "decode_tokens_per_s",
+    "prefill_tokens_per_s",
+)
+CONTEXT_OBJECTIVES = frozenset({"cache_bytes", "decode_tokens_per_s", "prefill_tokens_per_s"})
+BASELINES = ("attention", "mamba2", "bae-inter-1:5", "bae-intra-1:5")
+DEFAULT_CONTEXT = 8192
+
+
+class StudyConfigError(ValueError):
+    """An invalid study file or override; the message is one line naming the dotted key."""
+
+
+# ---- ratios ------------------------------------------------------------------------------
+
+
+def parse_ratio(text: str) -> tuple[int, int]:
+    """``"1:5"`` -> (1, 5): non-negative integers, not both zero."""
+    parts = text.split(":") if isinstance(text, str) else []
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"{text!r} is not a ratio such as 1:5")
+    a, b = int(parts[0]), int(parts[1])
+    if a + b == 0:
+        raise ValueError(f"{text!r}: parts must not both be zero")
+    return a, b
+
+
+def split_fraction(choice: str | float) -> float:
+    """The attention share of an ``H`` block: ``"2:1"`` (attention:SSM) -> 2/3, or a float."""
+    if isinstance(choice, str):
+        a, b = parse_ratio(choice)
+        return float(Fraction(a, a + b))
+    return float(choice)
+
+
+# ---- choices: a single value or a list ----------------------------------------------------
+
+
+def _as_tuple(value: Any) -> Any:
+    """A scalar is the one fixed choice; a list (TOML array) is searched."""
+    if isinstance(value, list | tuple):
+        return tuple(value)
+    return (value,)
+
+
+def _check_choices(values: tuple) -> tuple:
+    if not values:
+        raise ValueError("needs at least one choice")
+    seen = []
+    for v in values:
+        if v in seen:
+            raise ValueError(f"{v!r} is listed twice")
+        seen.append(v)
+    return values
+
+
+def Choices(item: Any) -> Any:  # noqa: N802 - reads as a type in the field annotations
+    """A tuple of choices of ``item``, given in TOML as one value or an array."""
+    return Annotated[tuple[item, ...], BeforeValidator(_as_tuple), Field(min_length=1)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="after")
+    def _no_duplicates(self) -> _Section:
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, tuple) and value:  # emptiness is each field's own rule
+                try:
+                    _check_choices(value)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
+        return self
+
+
+class IntRange(_Section):
+    """An integer range ``{min = 0, max = 4, step = 1}``, searched with ``suggest_int``."""
+
+    min: Annotated[int, Field(ge=0)]
+    max: Annotated[int, Field(ge=0)]
+    step: Annotated[int, Field(ge=1)] = 1
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.max < self.min:
+            raise ValueError(f"max: {self.max} is below min={self.min}")
+        return self
+
+    def values(self) -> tuple[int, ...]:
+        return tuple(range(self.min, self.max + 1, self.step))
+
+
+class MergeSpace(_Section):
+    """How the two branches of an ``H`` block are merged (``ArchSpec.hybrid``); defaults are
+    ArchSpec's (Bae et al.'s best block)."""
+
+    norm: Choices(Literal["none", "rms", "group"]) = ("group",)
+    op: Choices(Literal["mean", "add", "sub", "concat", "merge_attention"]) = ("sub",)
+    scale: Choices(Literal["none", "scalar", "vector"]) = ("none",)
+    gate: Choices(Literal["none", "sigmoid"]) = ("none",)
+    out_proj: Choices(Literal["joint", "separate"]) = ("separate",)
+
+
+class MoESpace(_Section):
+    """Which FFNs are mixtures of experts (``ffn``) and their shape (``ArchSpec.moe``)."""
+
+    ffn: Choices(Literal["none", "every", "every_other"]) = ("none",)
+    n_experts: Choices(Literal[4, 8, 16]) = (8,)
+    top_k: Choices(Literal[1, 2]) = (1,)
+    n_shared: Choices(Literal[0, 1]) = (1,)
+
+
+class SpaceConfig(_Section):
+    """The searched dimensions (DESIGN.md). Give the attention share as ``n_attn`` (a count:
+    int, list or ``{min, max}``) or ``attn_ratio`` (``"attention:mamba"`` strings), not both;
+    neither means ``attn_ratio = "1:5"``."""
+
+    n_attn: Annotated[tuple[Annotated[int, Field(ge=0)], ...], BeforeValidator(_as_tuple)] | IntRange | None = None
+    attn_ratio: Choices(str) | None = None
+    placement: Choices(Literal[PLACEMENTS]) = ("even",)  # type: ignore[valid-type]
+    fusion: Choices(Literal["inter", "intra"]) = ("inter",)
+    attention: Choices(Literal["global", "window"]) = ("global",)  # inter-layer attention only
+    window: Choices(Annotated[int, Field(gt=0)]) = (512,)  # keys per query for "window"
+    rope: Choices(bool) = (True,)
+    attn_fraction: tuple[str | float, ...] = ("1:1",)  # H blocks: "attention:SSM" or a fraction
+    merge: MergeSpace = MergeSpace()
+    moe: MoESpace = MoESpace()
+
+    @field_validator("n_attn", mode="before")
+    @classmethod
+    def _n_attn(cls, value: Any) -> Any:
+        return IntRange(**value) if isinstance(value, dict) else value
+
+    @field_validator("attn_ratio")
+    @classmethod
+    def _ratios(cls, value: tuple | None) -> tuple | None:
+        for text in value or ():
+            parse_ratio(text)
+        return value
+
+    @field_validator("attn_fraction", mode="before")
+    @classmethod
+    def _fractions(cls, value: Any) -> tuple:
+        # checked by hand: a str | float union would report one error per branch
+        value = _as_tuple(value)
+        if not value:
+            raise ValueError("needs at least one choice")
+        for choice in value:
+            if isinstance(choice, str):
+                a, b = parse_ratio(choice)
+                if a == 0 or b == 0:
+                    raise ValueError(f"{choice!r} leaves a branch of the H block empty")
+            elif isinstance(choice, bool) or not isinstance(choice, int | float) or not 0 < choice < 1:
+                raise ValueError(f"{choice!r} is not a ratio such as 1:2 or a fraction in (0, 1)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_share(self) -> SpaceConfig:
+        if self.n_attn is not None and self.attn_ratio is not None:
+            raise ValueError("n_attn: give n_attn or attn_ratio, not both")
+        return self
+
+    @property
+    def share(self) -> tuple[Literal["n_attn", "attn_ratio"], tuple | IntRange]:
+        """Which attention-share dimension is used, and its choices."""
+        if self.n_attn is not None:
+            return "n_attn", self.n_attn
+        return "attn_ratio", self.attn_ratio or ("1:5",)
+
+
+class SizeConfig(_Section):
+    """``mode = "fixed"``: ``d_model`` and ``n_mixers``. ``mode = "params"``: ``d_model`` and a
+    parameter target ``params`` (of ``count``: total, non-embedding or active); the depth
+    between ``min_mixers`` and ``max_mixers`` whose parameters come closest is used, and a
+    candidate further than ``tolerance`` (relative) from the target is infeasible.
+    ``attn`` / ``ssm`` override ArchSpec's derived attention / Mamba-2 sizes (e.g. heads)."""
+
+    mode: Literal["fixed", "params"] = "fixed"
+    d_model: Annotated[int, Field(gt=0)]
+    n_mixers: Annotated[int, Field(gt=0)] | None = None
+    params: Annotated[float, Field(gt=0)] | None = None
+    count: Literal["total", "nonembed", "active"] = "total"
+    min_mixers: Annotated[int, Field(gt=0)] = 1
+    max_mixers: Annotated[int, Field(gt=0)] = 64
+    tolerance: Annotated[float, Field(gt=0)] = 0.15
+    attn: dict[str, Any] = Field(default_factory=dict)
+    ssm: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> SizeConfig:
+        if self.mode == "fixed":
+            if self.n_mixers is None:
+                raise ValueError("n_mixers: required when mode = 'fixed'")
+            if self.params is not None:
+                raise ValueError("params: only with mode = 'params'")
+        else:
+            if self.params is None:
+                raise ValueError("params: required when mode = 'params'")
+            if self.n_mixers is not None:
+                raise ValueError("n_mixers: only with mode = 'fixed' (mode = 'params' finds the depth)")
+            if self.max_mixers < self.min_mixers:
+                raise ValueError(f"max_mixers: {self.max_mixers} is below min_mixers={self.min_mixers}")
+        for key in ("window", "rope"):
+            if key in self.attn:
+                raise ValueError(f"attn.{key}: searched in space.{key if key == 'rope' else 'window'}, not set here")
+        try:  # the sizes must make valid attention and Mamba-2 layers (H splits are per candidate)
+            ArchSpec.from_pattern("*-M-", d_model=self.d_model, attn=self.attn, ssm=self.ssm)
+        except SpecError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+class Objective(_Section):
+    """One objective; ``context`` (tokens) only for cache_bytes and the speed objectives."""
+
+    name: Literal[OBJECTIVES]  # type: ignore[valid-type]
+    direction: Literal["minimize", "maximize"] | None = None
+    context: Annotated[int, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Objective:
+        if self.context is not None and self.name not in CONTEXT_OBJECTIVES:
+            raise ValueError(f"context: only for {', '.join(sorted(CONTEXT_OBJECTIVES))}, not {self.name}")
+        if self.name in CONTEXT_OBJECTIVES and self.context is None:
+            object.__setattr__(self, "context", DEFAULT_CONTEXT)
+        if self.direction is None:
+            default = "maximize" if self.name.endswith("_tokens_per_s") else "minimize"
+            object.__setattr__(self, "direction", default)
+        return self
+
+    @property
+    def label(self) -> str:
+        """A short unique name, e.g. ``val_loss`` or ``decode_tokens_per_s@32768``."""
+        return self.name if self.context is None else f"{self.name}@{self.context}"
+
+
+class BudgetConfig(_Section):
+    """Training FLOPs per candidate, the rungs (budget fractions) of successive halving,
+    and eta (keep the top 1/eta at each rung)."""
+
+    flops: Annotated[float, Field(gt=0)]
+    rungs: tuple[Annotated[float, Field(gt=0, lt=1)], ...] = (0.25, 0.5)
+    eta: Annotated[int, Field(ge=2)] = 3
+
+    @field_validator("rungs")
+    @classmethod
+    def _increasing(cls, rungs: tuple) -> tuple:
+        if any(b <= a for a, b in zip(rungs, rungs[1:], strict=False)):
+            raise ValueError(f"{list(rungs)} must be increasing")
+        return rungs
+
+
+class SamplerConfig(_Section):
+    """The Optuna sampler (see :func:`hybridnas.studies.space.make_sampler`)."""
+
+    kind: Literal["tpe", "nsga2", "random", "grid", "gp"] = "tpe"
+    seed: int = 0
+    n_startup_trials: Annotated[int, Field(ge=0)] | None = None  # tpe, gp
+    population_size: Annotated[int, Field(ge=2)] | None = None  # nsga2
+
+    @model_validator(mode="after")
+    def _applies(self) -> SamplerConfig:
+        if self.n_startup_trials is not None and self.kind not in ("tpe", "gp"):
+            raise ValueError(f"n_startup_trials: only for kind tpe or gp, not {self.kind}")
+        if self.population_size is not None and self.kind != "nsga2":
+            raise ValueError(f"population_size: only for kind nsga2, not {self.kind}")
+        return self
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+class StudyConfig(_Section):
+    """A whole study, resolved. ``model_dump(mode="json")`` is what is saved with it."""
+
+    name: str
+    storage: str = "sqlite:///hybridnas.db"
+    trials: Annotated[int, Field(ge=1)] = 32
+    concurrent: Annotated[int, Field(ge=1)] = 1
+    seeds_per_candidate: Annotated[int, Field(ge=1)] = 1
+    baselines: tuple[Literal[BASELINES], ...] = BASELINES  # type: ignore[valid-type]
+    space: SpaceConfig = SpaceConfig()
+    size: SizeConfig
+    objectives: tuple[Objective, ...] = (Objective(name="val_loss"), Objective(name="params"))
+    budget: BudgetConfig
+    sampler: SamplerConfig = SamplerConfig()
+    trainer: TrainConfig = TrainConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"{name!r} must be non-empty letters, digits and _ . : -")
+        return name
+
+    @field_validator("baselines")
+    @classmethod
+    def _unique_baselines(cls, names: tuple) -> tuple:
+        return _check_choices(names) if names else names
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, objectives: tuple[Objective, ...]) -> tuple:
+        if not objectives:
+            raise ValueError("needs at least one objective")
+        labels = [o.label for o in objectives]
+        for label in labels:
+            if labels.count(label) > 1:
+                raise ValueError(f"{label!r} is listed twice")
+        if "val_loss" not in labels:
+            raise ValueError("val_loss is required (the quality every candidate is compared on)")
+        return objectives
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudyConfig:
+        t = self.trainer
+        if t.rungs:
+            raise ValueError("trainer.rungs: set budget.rungs instead (the driver passes them to the trainer)")
+        for r in self.budget.rungs:
+            if not t.warmup_frac <= r <= 1 - t.decay_frac:
+                raise ValueError(
+                    f"budget.rungs: {r} is outside the trainer's stable phase "
+                    f"[trainer.warmup_frac={t.warmup_frac}, 1 - trainer.decay_frac={1 - t.decay_frac:g}]"
+                )
+        kind, choices = self.space.share
+        if kind == "n_attn" and self.size.mode == "fixed":
+            most = max(choices.values() if isinstance(choices, IntRange) else choices)
+            if most > self.size.n_mixers:
+                raise ValueError(f"space.n_attn: {most} exceeds size.n_mixers={self.size.n_mixers}")
+        return self
+
+    @property
+    def directions(self) -> list[str]:
+        """For ``optuna.create_study(directions=...)``, in objective order."""
+        return [o.direction for o in self.objectives]
+
+    @property
+    def vocab_size(self) -> int:
+        """The vocabulary candidates are built with: the tokenizer's."""
+        return 257 if self.trainer.tokenizer == "bytes" else self.trainer.vocab_size
+
+
+# ---- loading -----------------------------------------------------------------------------
+
+_PRESETS = "presets"
+
+
+def preset_names() -> list[str]:
+    """The built-in presets, loadable by name."""
+    folder = resources.files(__package__) / _PRESETS
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def _read(target: str) -> tuple[str, str]:
+    """(file name for messages, TOML text) of a preset name or a path."""
+    path = Path(target)
+    if target.endswith(".toml") or path.exists() or "/" in target or "\\" in target:
+        try:
+            return path.name, path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise StudyConfigError(f"{target}: cannot read ({exc.strerror or exc})") from None
+    if target not in preset_names():
+        raise StudyConfigError(f"unknown preset {target!r} (available: {', '.join(preset_names())})")
+    text = (resources.files(__package__) / _PRESETS / f"{target}.toml").read_text(encoding="utf-8")
+    return f"{target}.toml", text
+
+
+def _parse(filename: str, text: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        found = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+        if found:  # Python 3.11-3.13 put the position in the message
+            message = f"line {found[1]}: {message[: found.start()]} (column {found[2]})"
+        elif getattr(exc, "lineno", None):
+            message = f"line {exc.lineno}: {getattr(exc, 'msg', message)}"
+        raise StudyConfigError(f"{filename}: {message}") from None
+
+
+def _apply_override(data: dict, key: str, value: Any) -> None:
+    *sections, leaf = key.replace("__", ".").split(".")
+    node = data
+    for section in sections:
+        node = node.setdefault(section, {})
+        if not isinstance(node, dict):
+            raise StudyConfigError(f"override {key}: {section!r} is not a table")
+    node[leaf] = value
+
+
+def load_study_config(target: str, **overrides: Any) -> StudyConfig:
+    """The study of a preset name or a ``.toml`` path, with ``overrides`` applied before
+    validation. Override keys are top-level (``storage``, ``trials``) or dotted
+    (``**{"budget.flops": 1e15}``; ``budget__flops`` works as a keyword too); None values
+    are ignored, so CLI options that were not given can be passed straight through."""
+    filename, text = _read(target)
+    data = _parse(filename, text)
+    for key, value in overrides.items():
+        if value is not None:
+            _apply_override(data, key, value)
+    return parse_study_config(data)
+
+
+def parse_study_config(data: dict) -> StudyConfig:
+    """Validate a study given as a dict (parsed TOML); raises :class:`StudyConfigError`."""
+    try:
+        return StudyConfig(**data)
+    except ValidationError as exc:
+        raise StudyConfigError(_format(exc)) from None
+
+
+__all__ += ["parse_study_config"]
+
+
+# ---- one-line errors ---------------------------------------------------------------------
+
+
+def _format(exc: ValidationError) -> str:
+    messages = []
+    for error in exc.errors(include_url=False):
+        text = _format_one(error)
+        if text not in messages:
+            messages.append(text)
+    return "; ".join(messages)
+
+
+def _format_one(error: dict) -> str:
+    # List indices and union branch names (e.g. "tuple[...]", "function-after[...]") are noise
+    # in a path a user reads: keep the TOML keys.
+    keys = [str(p) for p in error["loc"] if isinstance(p, str) and "[" not in p and p not in _TYPE_TAGS]
+    path = ".".join(keys)
+    kind, ctx = error["type"], error.get("ctx", {})
+    if kind == "extra_forbidden":
+        allowed = ", ".join(_allowed_keys(keys[:-1]))
+        return f"unknown key {path!r} (allowed: {allowed})"
+    if kind == "value_error":
+        message = str(ctx.get("error", error["msg"]))
+        return _prefixed(path, message)
+    if kind == "literal_error":
+        allowed = ", ".join(part.strip("'") for part in re.split(r", | or ", ctx["expected"]))
+        return f"{path}: {error['input']!r} is not one of {allowed}"
+    if kind == "missing":
+        return f"{path}: required"
+    return f"{path}={error['input']!r}: {error['msg'][0].lower()}{error['msg'][1:]}"
+
+
+_TYPE_TAGS = frozenset({"int", "float", "str", "bool", "IntRange", "none", "tuple"})
+
+
+def _prefixed(path: str, message: str) -> str:
+    """``path: message``, unless the message already starts with a key of the section
+    (``trainer.warmup_frac=0.5 + ...`` reads better than ``trainer: warmup_frac=0.5 + ...``)."""
+    if not path:
+        return message
+    if "; " in message:  # TrainConfig reports all its errors in one message
+        return "; ".join(_prefixed(path, part) for part in message.split("; "))
+    unknown = re.fullmatch(r"([\w.]+): unknown key, expected one of (.*)", message)
+    if unknown:  # TrainConfig's wording, in ours
+        return f"unknown key '{path}.{unknown[1]}' (allowed: {unknown[2]})"
+    model = _model_at(path.split("."))
+    first = re.match(r"[a-z_]+", message)
+    if model is not None and first and first[0] in model.model_fields:
+        return f"{path}.{message}"
+    return f"{path}: {message}"
+
+
+def _model_at(keys: list[str]) -> type[BaseModel] | None:
+    model: Any = StudyConfig
+    for key in keys:
+        field = getattr(model, "model_fields", {}).get(key)
+        if field is None:
+            return None
+        model = _model_of(field.annotation)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _model_of(annotation: Any) -> Any:
+    """The BaseModel inside an annotation (``X``, ``X | None``, ``tuple[X, ...]``), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _allowed_keys(keys: list[str]) -> list[str]:
+    model = _model_at(keys) if keys else StudyConfig
+    return list(model.model_fields) if model is not None else []

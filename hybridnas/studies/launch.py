@@ -1,0 +1,157 @@
+"""``launch``: run (or resume) a study to its number of trials and return its Pareto set.
+
+The same call runs on a laptop (an embedded SQLite database, ``ray.init()`` in-process, one
+CPU per trial) and on a cluster (a PostgreSQL URL, ``ray_address`` of a running Ray head,
+one GPU per trial). Rerunning a finished study's command adds no trials.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from hybridnas.studies.driver import OptunaBridge, ParetoScheduler, Tally
+from hybridnas.studies.halving import ParetoHalving, front_indices
+from hybridnas.studies.storage import ResultsStore, normalize_url
+
+__all__ = ["launch", "LaunchReport", "pareto_rows", "runs_dir_for"]
+
+
+@dataclass
+class LaunchReport:
+    study: str
+    storage: str
+    tally: Tally
+    pareto: list[dict]
+    objectives: list  # the config's objectives, in order
+
+    @property
+    def compute_saved(self) -> float:
+        """The fraction of full-budget FLOPs that pruning saved on the trials run this time."""
+        full = self.tally.flops_full
+        return 1 - self.tally.flops_spent / full if full else 0.0
+
+
+def runs_dir_for(storage_url: str, study: str) -> Path:
+    """Where Tune keeps trial directories and checkpoints: beside a SQLite file, else under
+    ~/hybridnas-runs. Absolute, since Tune runs each trial in its own directory."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(normalize_url(storage_url))
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        base = Path(url.database).expanduser().resolve().parent / "hybridnas-runs"
+    else:
+        base = Path("~/hybridnas-runs").expanduser().resolve()
+    return base / study
+
+
+def _reconcile(study: optuna.Study, store: ResultsStore) -> int:
+    """Trials a killed driver left RUNNING: marked failed (not counted toward ``trials``) and
+    their parameters enqueued again, so the restarted study neither loses nor double-counts
+    them. The requeued trial trains from the start: its worker died with the driver."""
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    reason = "the driver stopped while it ran; its candidate was requeued"
+    for trial in stale:
+        kept = {k: v for k, v in trial.user_attrs.items() if k == "baseline"}
+        study.enqueue_trial(trial.params, user_attrs={**kept, "requeued_from": trial.number}, skip_if_exists=False)
+        study._storage.set_trial_user_attr(trial._trial_id, "not_counted", True)  # its requeued twin counts
+        study._storage.set_trial_user_attr(trial._trial_id, "failure", reason)
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        rows = [r for r in store.rows(study.study_name) if r["trial"] == trial.number]
+        if rows:
+            store.upsert({**{k: v for k, v in rows[0].items() if k not in ("id", "updated_at")},
+                          "status": "fail", "failure": reason})
+    return len(stale)
+
+
+def launch(target: str, *, storage: str | None = None, ray_address: str | None = None, trials: int | None = None,
+           progress: bool = True) -> LaunchReport:
+    import ray
+    from ray import tune
+
+    from hybridnas.studies.config import load_study_config
+    from hybridnas.studies.space import SearchSpace, make_sampler
+    from hybridnas.studies.worker import run_trial
+
+    overrides = {k: v for k, v in {"storage": storage, "trials": trials}.items() if v is not None}
+    config = load_study_config(target, **overrides)
+    url = normalize_url(config.storage)
+    store = ResultsStore(url)
+    store.create()
+    study = optuna.create_study(
+        study_name=config.name, storage=url, sampler=make_sampler(config), load_if_exists=True,
+        directions=list(config.directions),
+    )
+    space = SearchSpace(config)
+    if not study.get_trials(deepcopy=False):
+        study.set_user_attr("config", config.model_dump(mode="json"))
+        for name in config.baselines:
+            # a baseline the space cannot express (e.g. pure attention where fusion is fixed)
+            # is enqueued without parameters and trained from its spec as it is
+            study.enqueue_trial(space.baseline_params(name) or {}, user_attrs={"baseline": name})
+    _reconcile(study, store)
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    resources = {"gpu": 1, "cpu": 2} if gpus else {"cpu": 1}
+
+    tally = Tally()
+    signs = tuple(1 if o.direction == "minimize" else -1 for o in config.objectives)
+    static_signs = tuple(s for o, s in zip(config.objectives, signs) if o.name in ("params", "params_active", "train_flops", "cache_bytes"))
+    scheduler = ParetoScheduler(ParetoHalving(eta=config.budget.eta, signs=(1, *static_signs)), {})
+    runs = runs_dir_for(url, config.name)
+    runs.mkdir(parents=True, exist_ok=True)
+    line = _ProgressLine(tally, study, config.trials) if progress else (lambda: None)
+    bridge = OptunaBridge(study=study, space=space, config=config, store=store, scheduler=scheduler,
+                          trial_root=runs / "trials", tally=tally, on_change=line)
+    tuner = tune.Tuner(
+        tune.with_resources(run_trial, resources),
+        tune_config=tune.TuneConfig(search_alg=bridge, scheduler=scheduler, num_samples=-1,
+                                    max_concurrent_trials=config.concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(name="tune", storage_path=str(runs), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=1)),
+    )
+    tuner.fit()
+    report = LaunchReport(config.name, url, tally, pareto_rows(store, config), list(config.objectives))
+    store.dispose()
+    return report
+
+
+def pareto_rows(store: ResultsStore, config) -> list[dict]:
+    """The complete trials on the first front of the study's objectives."""
+    names = [o.name for o in config.objectives]
+    signs = [1 if o.direction == "minimize" else -1 for o in config.objectives]
+    rows = [r for r in store.rows(config.name) if r["status"] == "complete" and not r.get("reused_from")]
+    points = []
+    for r in rows:
+        metrics = r.get("metrics") or {}
+        points.append([s * _value(r, metrics, o) for s, o in zip(signs, config.objectives)])
+    keep = [r for r, f in zip(rows, front_indices(points)) if f == 0]
+    return sorted(keep, key=lambda r: r.get(names[0]) or 0.0)
+
+
+def _value(row: dict, metrics: dict, objective) -> float:
+    if objective.name in ("decode_tokens_per_s", "prefill_tokens_per_s"):
+        return float(metrics.get(f"{objective.name.split('_')[0]}_tokens_per_s@{objective.context}") or 0.0)
+    value = row.get(objective.name, metrics.get(objective.name))
+    return float(value if value is not None else metrics.get(objective.name, float("inf")))
+
+
+class _ProgressLine:
+    """One status line on stderr whenever a count changes (a bar on an interactive terminal
+    would fight Ray's own output)."""
+
+    def __init__(self, tally: Tally, study: optuna.Study, total: int) -> None:
+        self.tally, self.study, self.total, self.last = tally, study, total, None
+
+    def __call__(self) -> None:
+        t = self.tally
+        text = (f"trials {t.done + t.pruned + t.failed}/{self.total}: {t.done} complete, {len(t.running)} running, "
+                f"{t.failed} failed, {t.pruned} pruned, {t.reused} reused, {t.infeasible} infeasible")
+        if text != self.last:
+            print(text, file=sys.stderr, flush=True)
+            self.last = text

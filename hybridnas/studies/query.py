@@ -1,0 +1,102 @@
+"""Reading a study back: ``hybridnas studies`` and ``hybridnas query``.
+
+Filters are parsed by :mod:`hybridnas.studies.where` into SQLAlchemy expressions over the
+columns of ``hybridnas_trials``; no text is ever passed to the database as SQL.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+import optuna
+
+from hybridnas.studies.halving import front_indices
+from hybridnas.studies.storage import TRIALS, ResultsStore, StorageError, normalize_url
+from hybridnas.studies.where import QueryError, parse_where
+
+__all__ = ["QUERY_COLUMNS", "list_studies", "query_study", "format_rows", "QueryError"]
+
+# every scalar column; JSON ones (spec, metrics, rungs, curves) are shown only by --format json
+QUERY_COLUMNS = {c.name: c for c in TRIALS.columns if c.name not in ("id", "study", "spec", "versions", "config")
+                 and c.type.__class__.__name__ != "JSON"}
+MAXIMIZED = ("decode_tokens_per_s", "prefill_tokens_per_s")
+TABLE_COLUMNS = ("trial", "status", "pattern", "fusion", "merge_op", "n_attn", "params", "val_loss")
+
+
+def _open(storage: str) -> ResultsStore:
+    store = ResultsStore(storage)
+    if not store.has_table():
+        raise StorageError(f"storage {storage}: no hybridnas studies here (run hybridnas launch first)")
+    return store
+
+
+def list_studies(storage: str) -> list[dict[str, Any]]:
+    """[{study, trials, complete, pruned, fail, running, best_val_loss}] for every study."""
+    store = _open(storage)
+    out = []
+    for summary in optuna.get_all_study_summaries(normalize_url(storage), include_best_trial=False):
+        rows = store.rows(summary.study_name)
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("complete", "pruned", "fail", "running")}
+        losses = [r["val_loss"] for r in rows if r["status"] == "complete" and r["val_loss"] is not None]
+        out.append({"study": summary.study_name, "trials": summary.n_trials, **counts,
+                    "best_val_loss": min(losses) if losses else None})
+    store.dispose()
+    return out
+
+
+def query_study(storage: str, study: str, *, where: str | None = None, pareto: list[str] | None = None,
+                sort: str | None = None) -> list[dict[str, Any]]:
+    """Rows of ``study`` that pass ``where``; with ``pareto``, only the first front on those
+    columns (val_loss minimised, tokens/s maximised, costs minimised); sorted by ``sort``
+    (a column, ``-column`` for descending)."""
+    store = _open(storage)
+    try:
+        known = {s.study_name for s in optuna.get_all_study_summaries(normalize_url(storage), include_best_trial=False)}
+        if study not in known:
+            raise QueryError(f"no study {study!r} in {storage} (studies: {', '.join(sorted(known)) or 'none'})")
+        condition = parse_where(where, QUERY_COLUMNS) if where else None
+        order = []
+        if sort:
+            name = sort.lstrip("-")
+            if name not in QUERY_COLUMNS:
+                raise QueryError(f"--sort: unknown column {name!r} (columns: {', '.join(QUERY_COLUMNS)})")
+            order = [QUERY_COLUMNS[name].desc() if sort.startswith("-") else QUERY_COLUMNS[name]]
+        rows = store.rows(study, where=condition, order_by=order)
+    finally:
+        store.dispose()
+    for row in rows:
+        row.update({k: v for k, v in (row.get("metrics") or {}).items() if k not in row or row[k] is None})
+    if pareto:
+        rows = _first_front(rows, pareto)
+    return rows
+
+
+def _first_front(rows: list[dict], objectives: list[str]) -> list[dict]:
+    for name in objectives:
+        if name not in QUERY_COLUMNS and not any(name in r for r in rows):
+            raise QueryError(f"--pareto: unknown objective {name!r} (e.g. val_loss, params, cache_bytes, decode_tokens_per_s)")
+    candidates = [r for r in rows if r["status"] == "complete" and all(r.get(n) is not None for n in objectives)]
+    points = [[(-1 if n in MAXIMIZED else 1) * float(r[n]) for n in objectives] for r in candidates]
+    return [r for r, front in zip(candidates, front_indices(points)) if front == 0]
+
+
+def format_rows(rows: list[dict], fmt: str, extra: list[str] = ()) -> str:
+    """``json``: a list of row objects (every column and metric); ``csv`` and ``table``: the
+    main columns plus ``extra`` (the objectives asked for)."""
+    if fmt == "json":
+        return json.dumps([{k: _plain(v) for k, v in r.items() if k != "id"} for r in rows], indent=2)
+    columns = list(dict.fromkeys([*TABLE_COLUMNS, *extra]))
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({c: r.get(c) for c in columns} for r in rows)
+        return buffer.getvalue()
+    raise ValueError(f"format {fmt!r}: expected table, csv or json")
+
+
+def _plain(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value

@@ -1,0 +1,211 @@
+"""The hybridnas results tables, beside Optuna's in the same database (SQLAlchemy 2).
+
+Optuna's tables hold the search (parameters, objective values, trial states); ``hybridnas_trials``
+holds one queryable row per trial: the candidate's columns (pattern, attention count and
+ratio, placement, fusion, merge fields, MoE fields, sizes), every metric, the rung history and
+loss curve, status and failure reason, hardware, library versions and wall time. Only the
+study driver writes it; the dashboard and ``hybridnas query`` read it.
+
+SQLite runs in WAL mode, so readers see committed rows while the driver writes; PostgreSQL is
+reached through psycopg 3 (``postgresql://`` URLs are read as ``postgresql+psycopg://``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from hybridnas.search_space import ArchSpec
+
+__all__ = ["TRIALS", "ResultsStore", "StorageError", "normalize_url", "spec_columns"]
+
+
+class StorageError(ValueError):
+    """A storage URL that cannot be used; the message is one line."""
+
+
+metadata = MetaData()
+
+TRIALS = Table(
+    "hybridnas_trials",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("study", String(200), nullable=False, index=True),
+    Column("trial", Integer, nullable=False),  # Optuna's trial number
+    Column("status", String(16), nullable=False),  # complete | pruned | fail | running
+    Column("failure", Text),  # why a trial failed or was not trained
+    Column("reused_from", Integer),  # an identical candidate's trial, whose result this reuses
+    # the candidate
+    Column("pattern", String(2000), nullable=False),
+    Column("spec_key", String(64), nullable=False, index=True),
+    Column("spec", JSON, nullable=False),
+    Column("d_model", Integer),
+    Column("n_layers", Integer),
+    Column("n_mixers", Integer),
+    Column("n_attn", Integer),
+    Column("attn_ratio", Float),
+    Column("placement", String(32)),
+    Column("fusion", String(16)),  # inter | intra | none (pure attention or pure Mamba-2)
+    Column("window", Integer),  # keys per query of W layers, if any
+    Column("merge_op", String(32)),  # intra-layer merge fields; null for inter-layer layouts
+    Column("merge_norm", String(16)),
+    Column("merge_scale", String(16)),
+    Column("merge_gate", String(16)),
+    Column("merge_out_proj", String(16)),
+    Column("attn_fraction", Float),
+    Column("moe", Boolean),
+    Column("moe_experts", Integer),
+    Column("moe_top_k", Integer),
+    Column("moe_shared", Integer),
+    # the metrics
+    Column("val_loss", Float),
+    Column("params", BigInteger),
+    Column("params_active", BigInteger),
+    Column("train_flops", Float),  # per token
+    Column("cache_bytes", BigInteger),
+    Column("decode_tokens_per_s", Float),
+    Column("prefill_tokens_per_s", Float),
+    Column("metrics", JSON),  # every objective and measured figure, by name
+    Column("budget_flops", Float),
+    Column("flops_spent", Float),
+    Column("tokens", BigInteger),
+    Column("rungs", JSON),  # [{"rung", "tokens", "val_loss"}, ...]
+    Column("loss_curve", JSON),  # {"train": [...], "val": [...]}
+    # the run
+    Column("seed", Integer),
+    Column("hardware", String(200)),
+    Column("versions", JSON),
+    Column("wall_s", Float),
+    Column("config", JSON),  # the resolved trainer config of the run
+    Column("updated_at", DateTime),
+    UniqueConstraint("study", "trial", name="uq_hybridnas_trials_study_trial"),
+)
+
+
+def normalize_url(url: str) -> str:
+    """The SQLAlchemy URL for ``url``: psycopg 3 for PostgreSQL; a clear error otherwise."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StorageError(f"storage {url!r}: not a database URL (e.g. sqlite:///hybridnas.db)") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise StorageError(f"storage {url!r}: use sqlite:///path.db or postgresql://user@host/db")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _engine(url: str) -> Engine:
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(connection, _record) -> None:
+            # WAL: the dashboard reads while the driver writes; the setting stays with the file
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=60000")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class ResultsStore:
+    """Read and write ``hybridnas_trials`` in the database at ``url``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalize_url(url)
+        self.engine = _engine(self.url)
+
+    def create(self) -> None:
+        metadata.create_all(self.engine)
+
+    def upsert(self, row: Mapping[str, Any]) -> None:
+        """Insert or update the row of (study, trial): a trial's row is written when it
+        starts, at each rung and when it ends."""
+        values = {**row, "updated_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)}
+        key = (TRIALS.c.study == values["study"]) & (TRIALS.c.trial == values["trial"])
+        with self.engine.begin() as conn:
+            if conn.execute(select(TRIALS.c.id).where(key)).first() is None:
+                conn.execute(TRIALS.insert().values(**values))
+            else:
+                conn.execute(TRIALS.update().where(key).values(**values))
+
+    def rows(self, study: str, where=None, order_by: Sequence = ()) -> list[dict[str, Any]]:
+        """Rows of ``study`` (optionally filtered by a SQLAlchemy expression), as dicts."""
+        query = select(TRIALS).where(TRIALS.c.study == study)
+        if where is not None:
+            query = query.where(where)
+        query = query.order_by(*order_by, TRIALS.c.trial)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def has_table(self) -> bool:
+        from sqlalchemy import inspect
+
+        return inspect(self.engine).has_table(TRIALS.name)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def spec_columns(spec: ArchSpec, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The queryable columns of a candidate. ``params`` are the trial's sampled parameters,
+    which name what the spec alone does not keep (e.g. the placement rule)."""
+    mixers = spec.mixers
+    n_attn = spec.n_attention_mixers
+    has_intra = "H" in mixers
+    fusion = "intra" if has_intra else ("inter" if 0 < n_attn < len(mixers) else "none")
+    moe = "E" in spec.pattern
+    h = spec.hybrid
+    return {
+        "pattern": spec.pattern,
+        "spec_key": spec.short_id,
+        "spec": spec.to_dict(),
+        "d_model": spec.d_model,
+        "n_layers": len(spec.pattern),
+        "n_mixers": len(mixers),
+        "n_attn": n_attn,
+        "attn_ratio": n_attn / len(mixers) if mixers else None,
+        "placement": (params or {}).get("placement"),
+        "fusion": fusion,
+        "window": spec.attn.window if "W" in mixers else None,
+        "merge_op": h.merge if has_intra else None,
+        "merge_norm": h.norm if has_intra else None,
+        "merge_scale": h.scale if has_intra else None,
+        "merge_gate": h.gate if has_intra else None,
+        "merge_out_proj": h.out_proj if has_intra else None,
+        "attn_fraction": h.attn_fraction if has_intra else None,
+        "moe": moe,
+        "moe_experts": spec.moe.n_experts if moe else None,
+        "moe_top_k": spec.moe.top_k if moe else None,
+        "moe_shared": spec.moe.n_shared if moe else None,
+    }

@@ -1,0 +1,114 @@
+"""The Ray Tune trainable: train one candidate on its FLOP budget, report at each rung.
+
+Runs on a Ray worker (one GPU each where GPUs exist, one CPU process otherwise). It never
+writes the database: everything it learns goes back to the driver through ``tune.report``.
+With ``reuse_actors`` the worker process survives between trials, so kernels compiled or
+autotuned for one trial stay warm for the next.
+
+config keys (made by the driver): spec (ArchSpec dict), budget_flops, trainer (TrainConfig
+dict), rungs (budget fractions), seeds, measure (speed figures to take: {"decode": [ctx],
+"prefill": [ctx]}), trial_dir (absolute: Tune runs each trial in its own directory).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+__all__ = ["run_trial", "FINAL"]
+
+FINAL = "final"  # the key marking a trial's last report
+
+
+def run_trial(config: dict) -> None:
+    from ray import tune
+
+    from hybridnas.search_space import ArchSpec
+    from hybridnas.trainer import TrainConfig, train
+
+    spec = ArchSpec.from_dict(config["spec"])
+    trial_dir = Path(config["trial_dir"])
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    def at_rung(report) -> str:
+        # the scheduler answers by stopping this function at the report, not by return value
+        saved = Path(report.checkpoint)
+        tune.report(
+            {"rung": report.index, "val_loss": report.val_loss, "tokens": report.tokens, "flops": report.flops,
+             "train_loss": report.train_loss, FINAL: False},
+            checkpoint=tune.Checkpoint.from_directory(str(saved.parent)),
+        )
+        return "continue"
+
+    resume_from = None
+    restored = tune.get_checkpoint()  # set when Tune restarts this trial after a worker died
+    if restored is not None:
+        local = trial_dir / "restored"
+        shutil.rmtree(local, ignore_errors=True)
+        shutil.copytree(restored.to_directory(), local)
+        latest = sorted(local.glob("rung-*.pt"))
+        resume_from = str(latest[-1]) if latest else None
+
+    results = []
+    for seed in config["seeds"]:
+        first = seed == config["seeds"][0]
+        settings = {**config["trainer"], "seed": seed, "progress": False,
+                    "rungs": tuple(config["rungs"]) if first else (), "out_dir": str(trial_dir / f"seed-{seed}")}
+        result = train(spec, config["budget_flops"], TrainConfig(**settings),
+                       rung_callback=at_rung if first else None, resume_from=resume_from if first else None)
+        results.append(result)
+        if result.status != "complete":
+            break
+
+    final = _summary(results)
+    final.update(_measure(spec, config.get("measure") or {}, final["status"]))
+    final.update({FINAL: True, "wall_s": time.perf_counter() - started, "hardware": _hardware()})
+    tune.report(final)
+
+
+def _summary(results) -> dict:
+    """One candidate's result over its seeds: mean validation loss of the complete runs."""
+    first = results[-1] if results[-1].status != "complete" else results[0]
+    losses = [r.val_loss for r in results if r.status == "complete" and r.val_loss is not None]
+    return {
+        "status": first.status,
+        "failure": first.failure["message"] if first.failure else None,
+        "val_loss": sum(losses) / len(losses) if losses and first.status == "complete" else None,
+        "val_loss_seeds": losses,
+        "tokens": results[0].tokens,
+        "flops_spent": sum(r.flops + r.extra_flops for r in results),
+        "tokens_per_s": results[0].tokens_per_s,
+        "mfu": results[0].mfu,
+        "rungs": [{k: v for k, v in r.items() if k != "checkpoint"} for r in results[0].rungs],
+        # JSON text: Tune flattens nested dicts in the results it hands the driver
+        "loss_curve_json": json.dumps({"train": results[0].train_curve, "val": results[0].val_curve}),
+        "config_json": json.dumps(results[0].config),
+        "device": results[0].device,
+    }
+
+
+def _measure(spec, wanted: dict, status: str) -> dict:
+    """Measured speed objectives (GPU only); None with a reason elsewhere."""
+    if not wanted or status != "complete":
+        return {}
+    from hybridnas.proxies.speed import measure_decode
+
+    contexts = tuple(sorted({*wanted.get("decode", []), *wanted.get("prefill", [])}))
+    report = measure_decode(spec, contexts)
+    out = {"speed_reason": report.reason}
+    for kind, figures in (("decode", report.decode_tokens_per_s), ("prefill", report.prefill_tokens_per_s)):
+        for context in wanted.get(kind, []):
+            out[f"{kind}_tokens_per_s@{context}"] = figures.get(context)
+    return out
+
+
+def _hardware() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} x1"
+    return f"{platform.machine()} CPU ({platform.node()})"
