@@ -336,9 +336,9 @@ def launch(
     except _study_errors() as exc:
         raise UserError(str(exc)) from None
     t = report.tally
+    saved = f"; pruning saved {report.compute_saved:.0%} of the full-budget FLOPs" if t.pruned else ""
     console.print(f"study {report.study} ({report.storage}): {t.done} complete, {t.pruned} pruned, "
-                  f"{t.failed} failed, {t.reused} reused, {t.infeasible} infeasible this run; "
-                  f"pruning saved {report.compute_saved:.0%} of the full-budget FLOPs")
+                  f"{t.failed} failed, {t.reused} reused, {t.infeasible} infeasible this run{saved}")
     names = [o.name for o in report.objectives]
     _print_rows(report.pareto, names, title=f"Pareto set of {report.study} on {', '.join(names)}")
 

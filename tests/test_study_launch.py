@@ -99,3 +99,4 @@ def _statuses(url: str) -> list[str]:
         return []
     finally:
         store.dispose()
+

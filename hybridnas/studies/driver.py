@@ -119,6 +119,14 @@ class OptunaBridge(Searcher):
         self.__dict__.update(state)
         self.__dict__.update(dict.fromkeys(self._RUNTIME))
 
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's experiment checkpoint: which Optuna trial each Tune trial is (diagnostics;
+        a restarted driver reconciles from Optuna's storage, the source of truth)."""
+        Path(checkpoint_path).write_text(json.dumps({tid: number for tid, (number, _, _) in self.live.items()}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass  # nothing to restore: see save
+
     # -- asking --
 
     def _trials_counted(self) -> int:

@@ -7,6 +7,7 @@ one GPU per trial). Rerunning a finished study's command adds no trials.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,7 @@ def launch(target: str, *, storage: str | None = None, ray_address: str | None =
     line = _ProgressLine(tally, study, config.trials) if progress else (lambda: None)
     bridge = OptunaBridge(study=study, space=space, config=config, store=store, scheduler=scheduler,
                           trial_root=runs / "trials", tally=tally, on_change=line)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables on stdout
     tuner = tune.Tuner(
         tune.with_resources(run_trial, resources),
         tune_config=tune.TuneConfig(search_alg=bridge, scheduler=scheduler, num_samples=-1,
@@ -150,8 +152,11 @@ class _ProgressLine:
 
     def __call__(self) -> None:
         t = self.tally
+        # Optuna's first front of complete trials; a reused result is the same point
+        pareto = len({tuple(b.values) for b in self.study.best_trials}) if t.done else 0
         text = (f"trials {t.done + t.pruned + t.failed}/{self.total}: {t.done} complete, {len(t.running)} running, "
-                f"{t.failed} failed, {t.pruned} pruned, {t.reused} reused, {t.infeasible} infeasible")
+                f"{t.failed} failed, {t.pruned} pruned, {t.reused} reused, {t.infeasible} infeasible; "
+                f"Pareto set {pareto}")
         if text != self.last:
             print(text, file=sys.stderr, flush=True)
             self.last = text
