@@ -40,7 +40,7 @@ def test_tiny_study_end_to_end(database_url, capsys):
     for t in trials:  # every trial has its row, with Optuna's state
         row = by_trial[t.number]
         assert row["status"] == t.state.name.lower()
-        assert row["pattern"] and "val_loss" in row and "params" in row
+        assert row["pattern"] and "val_loss" in row and row["params"] > 0  # cost columns on every row
         if row["status"] == "complete":
             assert row["val_loss"] == pytest.approx(t.values[0]) and row["params"] == t.values[1]
             assert row["loss_curve"]["val"][0]["tokens"] == 0

@@ -281,11 +281,18 @@ class OptunaBridge(Searcher):
 
     # -- the table --
 
+    def _cost_columns(self, spec: ArchSpec) -> dict[str, Any]:
+        seq_len = self.config.trainer.seq_len
+        c = cost(spec, seq_len=seq_len)
+        cache = cost(spec, seq_len=_cost_context(self.config.objectives)).total.cache_bytes
+        return {"params": c.total.params, "params_active": c.total.params_active,
+                "train_flops": c.total.train_flops_per_token, "cache_bytes": cache}
+
     def _write(self, number: int, spec: ArchSpec, params: dict, status: str, **columns) -> None:
         row = {"study": self.study.study_name, "trial": number, "status": status, **spec_columns(spec, params)}
         metrics = columns.get("metrics") or {}
-        for name in ("params", "params_active", "train_flops", "cache_bytes"):
-            row[name] = metrics.get(name) if metrics.get(name) is not None else None
+        row.update(self._cost_columns(spec))  # on every row, running and pruned ones included
+        row.update({k: metrics[k] for k in STATIC if metrics.get(k) is not None})
         if "decode_tokens_per_s" not in columns:
             decode = [v for k, v in metrics.items() if k.startswith("decode_tokens_per_s@")]
             prefill = [v for k, v in metrics.items() if k.startswith("prefill_tokens_per_s@")]
@@ -293,6 +300,11 @@ class OptunaBridge(Searcher):
             row["prefill_tokens_per_s"] = prefill[0] if prefill else None
         row.update({"budget_flops": self.config.budget.flops, "versions": _versions(), **columns})
         self.store.upsert(row)
+
+
+def _cost_context(objectives) -> int:
+    """The context length cache_bytes is stored at: the objective's, else 8192."""
+    return next((o.context for o in objectives if o.name == "cache_bytes" and o.context), 8192)
 
 
 def _versions() -> dict[str, str]:
