@@ -100,3 +100,25 @@ def _statuses(url: str) -> list[str]:
     finally:
         store.dispose()
 
+
+
+def test_failed_trainings_are_recorded_and_the_study_goes_on(tmp_path):
+    """A learning rate that makes every candidate diverge: each trial is a recorded failure
+    with its reason, and the study still ends with its number of trials."""
+    from importlib.resources import files
+
+    preset = (files("hybridnas.studies") / "presets" / "test-tiny.toml").read_text()
+    study_file = tmp_path / "diverging.toml"  # [trainer] is the preset's last table
+    study_file.write_text(preset.replace('name = "test-tiny"', 'name = "diverging"') + "lr = 1000.0\n")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    report = launch(str(study_file), storage=url, trials=3, progress=False)
+    assert report.tally.failed >= 1
+    study = optuna.load_study(study_name="diverging", storage=url)
+    assert len(study.trials) == 3 and all(t.state != optuna.trial.TrialState.RUNNING for t in study.trials)
+    from hybridnas.studies.storage import ResultsStore
+
+    store = ResultsStore(url)
+    failed = [r for r in store.rows("diverging") if r["status"] == "fail"]
+    store.dispose()
+    assert failed and all(r["failure"].startswith(("diverged", "error")) for r in failed), failed
+    assert all(t.user_attrs.get("failure") for t in study.trials if t.state == optuna.trial.TrialState.FAIL)

@@ -267,8 +267,9 @@ class OptunaBridge(Searcher):
         }
         if values is None:
             reason = result.get("failure") or result.get("speed_reason") or "an objective could not be measured"
-            self.study.tell(number, state=optuna.trial.TrialState.FAIL)
+            # the reason first: a finished trial's attributes can no longer be set
             self.study._storage.set_trial_user_attr(self._trial_id(number), "failure", f"{result.get('status')}: {reason}")
+            self.study.tell(number, state=optuna.trial.TrialState.FAIL)
             self.tally.failed += 1
             self._write(number, spec, params, status="fail", failure=f"{result.get('status')}: {reason}", **columns)
         else:
