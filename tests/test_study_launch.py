@@ -47,6 +47,15 @@ def test_tiny_study_end_to_end(database_url, capsys):
         if row["status"] == "pruned":
             assert row["rungs"] and row["val_loss"] == row["rungs"][-1]["val_loss"]
     assert any(r["status"] == "complete" for r in rows)
+    # one trial at a time on one reused actor: the trained trials share a worker process
+    trained = [r for r in rows if r["hardware"] and r.get("reused_from") is None]
+    workers = {r["hardware"].rsplit("worker pid ", 1)[1] for r in trained}
+    assert len(trained) >= 2 and len(workers) < len(trained), workers
+    # Tune's own logger callbacks still write each trial's results
+    from hybridnas.studies.launch import runs_dir_for
+
+    tune_dir = runs_dir_for(report.storage, "test-tiny") / "tune"
+    assert list(tune_dir.glob("*/progress.csv")) and list(tune_dir.glob("*/result.json"))
     assert report.pareto and all(r["status"] == "complete" for r in report.pareto)
 
     # the same command again adds nothing: --trials is the study's total
@@ -122,3 +131,14 @@ def test_failed_trainings_are_recorded_and_the_study_goes_on(tmp_path):
     store.dispose()
     assert failed and all(r["failure"].startswith(("diverged", "error")) for r in failed), failed
     assert all(t.user_attrs.get("failure") for t in study.trials if t.state == optuna.trial.TrialState.FAIL)
+
+
+def test_fewer_trials_than_baselines_runs_the_first_baselines(tmp_path):
+    """Enqueued baselines wait in Optuna's queue; waiting trials do not count as trials run,
+    so --trials 1 trains the first baseline (it once ended at once, having trained none)."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    report = launch("test-tiny", storage=url, trials=1, progress=False)
+    study = optuna.load_study(study_name="test-tiny", storage=url)
+    ran = [t for t in study.trials if t.state != optuna.trial.TrialState.WAITING]
+    assert len(ran) == 1 and ran[0].user_attrs["baseline"] == "mamba2"
+    assert report.tally.done + report.tally.pruned == 1

@@ -130,9 +130,12 @@ class OptunaBridge(Searcher):
     # -- asking --
 
     def _trials_counted(self) -> int:
-        """Trials that count toward ``trials``: all but the infeasible (never trained) ones and
-        those a killed driver left behind (requeued as new trials)."""
-        return sum(1 for t in self.study.get_trials(deepcopy=False) if not t.user_attrs.get("not_counted"))
+        """Trials that count toward ``trials``: all but the infeasible (never trained) ones,
+        those a killed driver left behind (requeued as new trials) and those still waiting in
+        the queue (enqueued baselines and requeued candidates, asked for later)."""
+        waiting = optuna.trial.TrialState.WAITING
+        return sum(1 for t in self.study.get_trials(deepcopy=False)
+                   if t.state != waiting and not t.user_attrs.get("not_counted"))
 
     def suggest(self, trial_id: str) -> dict | None:
         for _ in range(1000):  # infeasible and reused candidates do not use up a Tune trial
@@ -186,7 +189,7 @@ class OptunaBridge(Searcher):
 
         key = spec_key(spec)
         for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            if t.user_attrs.get("spec_key") == key and not t.user_attrs.get("reused_from"):
+            if t.user_attrs.get("spec_key") == key and "reused_from" not in t.user_attrs:
                 return t
         return None
 
@@ -220,7 +223,7 @@ class OptunaBridge(Searcher):
         if trial_id in self.live and not result.get(FINAL, True):
             number, spec, params = self.live[trial_id]
             rungs = [*self._row_rungs(number), {k: result[k] for k in ("rung", "val_loss", "tokens", "flops")}]
-            self._write(number, spec, params, status="running", rungs=rungs)
+            self._write(number, spec, params, status="running", rungs=rungs, hardware=result.get("hardware"))
 
     def _row_rungs(self, number: int) -> list:
         row = self._twin_row(number)
@@ -243,11 +246,12 @@ class OptunaBridge(Searcher):
             self._write(number, spec, params, status="pruned", rungs=rungs,
                         val_loss=rungs[-1]["val_loss"] if rungs else None, flops_spent=spent)
         elif error or not result.get(FINAL):
+            reason = "the worker failed twice (Tune's error log is in the trial directory)"
+            self.study._storage.set_trial_user_attr(self._trial_id(number), "failure", reason)
             self.study.tell(number, state=optuna.trial.TrialState.FAIL)
             self.tally.failed += 1
             self.tally.flops_spent += budget
-            self._write(number, spec, params, status="fail", rungs=rungs,
-                        failure="the worker failed twice (Tune's error log is in the trial directory)")
+            self._write(number, spec, params, status="fail", rungs=rungs, failure=reason)
         else:
             self._tell_final(number, spec, params, result, rungs)
         self.on_change()
@@ -317,5 +321,5 @@ def _versions() -> dict[str, str]:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
             continue
-    out["pid"] = str(os.getpid())
+    out["driver_pid"] = str(os.getpid())
     return out

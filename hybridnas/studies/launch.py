@@ -127,7 +127,7 @@ def pareto_rows(store: ResultsStore, config) -> list[dict]:
     """The complete trials on the first front of the study's objectives."""
     names = [o.name for o in config.objectives]
     signs = [1 if o.direction == "minimize" else -1 for o in config.objectives]
-    rows = [r for r in store.rows(config.name) if r["status"] == "complete" and not r.get("reused_from")]
+    rows = [r for r in store.rows(config.name) if r["status"] == "complete" and r.get("reused_from") is None]
     points = []
     for r in rows:
         metrics = r.get("metrics") or {}

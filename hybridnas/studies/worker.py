@@ -13,6 +13,7 @@ dict), rungs (budget fractions), seeds, measure (speed figures to take: {"decode
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import time
@@ -39,7 +40,7 @@ def run_trial(config: dict) -> None:
         saved = Path(report.checkpoint)
         tune.report(
             {"rung": report.index, "val_loss": report.val_loss, "tokens": report.tokens, "flops": report.flops,
-             "train_loss": report.train_loss, FINAL: False},
+             "train_loss": report.train_loss, "hardware": _hardware(), FINAL: False},
             checkpoint=tune.Checkpoint.from_directory(str(saved.parent)),
         )
         return "continue"
@@ -83,7 +84,6 @@ def _summary(results) -> dict:
         "flops_spent": sum(r.flops + r.extra_flops for r in results),
         "tokens_per_s": results[0].tokens_per_s,
         "mfu": results[0].mfu,
-        "rungs": [{k: v for k, v in r.items() if k != "checkpoint"} for r in results[0].rungs],
         # JSON text: Tune flattens nested dicts in the results it hands the driver
         "loss_curve_json": json.dumps({"train": results[0].train_curve, "val": results[0].val_curve}),
         "config_json": json.dumps(results[0].config),
@@ -107,8 +107,8 @@ def _measure(spec, wanted: dict, status: str) -> dict:
 
 
 def _hardware() -> str:
+    """The device, its host and the worker process (a reused actor keeps its pid)."""
     import torch
 
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} x1"
-    return f"{platform.machine()} CPU ({platform.node()})"
+    device = f"{torch.cuda.get_device_name()} x1" if torch.cuda.is_available() else f"{platform.machine()} CPU"
+    return f"{device} on {platform.node()}, worker pid {os.getpid()}"
