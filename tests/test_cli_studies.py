@@ -52,6 +52,10 @@ def test_bad_study_input_is_one_line(capsys, args, message):
         ("name = 'x'\n[size]\nd_model = 64\nn_mixers = 2\n[budget]\nflops = 1e9\nflop = 2", "unknown key 'budget.flop'"),
         ("name = 'x'\n[size]\nd_model = 64\nn_mixers = 2\n[budget]\nflops = 1e9\n[space]\nfusion = 'intre'",
          "space.fusion: 'intre' is not one of inter, intra"),
+        ("name = 'x'\nenqueue = [{fusion = 'intre'}]\n[size]\nd_model = 64\nn_mixers = 2\n[budget]\nflops = 1e9\n"
+         "[space]\nfusion = ['inter', 'intra']", "enqueue[0].fusion: 'intre' is not one of inter, intra"),
+        ("name = 'x'\nenqueue = [{fusions = 'inter'}]\n[size]\nd_model = 64\nn_mixers = 2\n[budget]\nflops = 1e9\n"
+         "[space]\nfusion = ['inter', 'intra']", "enqueue[0].fusions: not a searched parameter"),
     ],
 )
 def test_bad_study_files(capsys, tmp_path, toml, message):
@@ -59,7 +63,7 @@ def test_bad_study_files(capsys, tmp_path, toml, message):
     path.write_text(toml)
     code, _, err = run_cli(capsys, "launch", str(path), "--storage", f"sqlite:///{tmp_path / 'db.sqlite'}")
     assert code == 2 and message in err and err.count("\n") == 1, err
-    assert path.read_text() == toml
+    assert path.read_text() == toml and not (tmp_path / "db.sqlite").exists()  # nothing written
 
 
 def test_query_filters_sorts_and_rejects_injection(capsys, stored):

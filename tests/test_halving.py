@@ -48,3 +48,22 @@ def test_maximised_objectives_flip_sign():
 def test_wrong_point_length_is_an_error():
     with pytest.raises(ValueError, match="expected 2"):
         ParetoHalving(eta=3, signs=(1, 1)).decide("a", 0, (1.0,))
+
+
+def test_scheduler_ranks_protected_trials_but_never_stops_them():
+    """Baselines and enqueued candidates shape the rung but always go on."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from hybridnas.studies.driver import ParetoScheduler
+
+    scheduler = ParetoScheduler(ParetoHalving(eta=100, signs=(1,)), {})
+    scheduler.protected.add("baseline")
+    at_rung = {"rung": 0, "final": False}
+    decide = lambda trial, loss: scheduler.on_trial_result(None, SimpleNamespace(trial_id=trial), {**at_rung, "val_loss": loss})
+    assert decide("first", 3.0) == TrialScheduler.CONTINUE
+    assert decide("baseline", 4.0) == TrialScheduler.CONTINUE  # worse, protected
+    assert decide("worse", 3.5) == TrialScheduler.STOP  # ranked against both
+    assert scheduler.stopped == {"worse"}
+    assert decide("best", 2.0) == TrialScheduler.CONTINUE

@@ -142,3 +142,31 @@ def test_fewer_trials_than_baselines_runs_the_first_baselines(tmp_path):
     ran = [t for t in study.trials if t.state != optuna.trial.TrialState.WAITING]
     assert len(ran) == 1 and ran[0].user_attrs["baseline"] == "mamba2"
     assert report.tally.done + report.tally.pruned == 1
+
+
+def test_pruned_trials_keep_the_rung_that_stopped_them(tmp_path):
+    """One objective and eta 100: at the rung every trial but the best so far stops (the
+    sampled hybrids learn slower than the pure Mamba-2 baseline at this size). A pruned row
+    carries that rung (loss, tokens, FLOPs), and the compute saved counts what it spent."""
+    from importlib.resources import files
+
+    from hybridnas.studies.storage import ResultsStore
+
+    preset = (files("hybridnas.studies") / "presets" / "test-tiny.toml").read_text()
+    one_objective = (preset.replace('[[objectives]]\nname = "params"\n', "").replace("eta = 2", "eta = 100")
+                     .replace('baselines = ["mamba2", "bae-intra-1:5"]', 'baselines = ["mamba2"]'))
+    study_file = tmp_path / "pruning.toml"
+    study_file.write_text(one_objective.replace('name = "test-tiny"', 'name = "pruning"'))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    report = launch(str(study_file), storage=url, trials=4, progress=False)
+    store = ResultsStore(url)
+    pruned = [r for r in store.rows("pruning") if r["status"] == "pruned"]
+    store.dispose()
+    assert pruned and report.tally.pruned == len(pruned)
+    for row in pruned:
+        assert [r["rung"] for r in row["rungs"]] == [0] and row["val_loss"] == row["rungs"][0]["val_loss"]
+        if row["reused_from"] is None:
+            assert row["flops_spent"] == row["rungs"][0]["flops"] > 0
+        else:  # the same candidate again: its pruned result, not a second training
+            assert row["rungs"] == next(r["rungs"] for r in pruned if r["trial"] == row["reused_from"])
+    assert 0 < report.compute_saved < 1

@@ -60,3 +60,40 @@ def test_unusable_urls_are_one_line_errors(url):
 
 def test_postgresql_urls_use_psycopg3():
     assert normalize_url("postgresql://u@h/db").startswith("postgresql+psycopg://")
+
+
+def test_a_readonly_store_reads_and_cannot_write(database_url):
+    """What the dashboard and the report open: rows and studies read, every write refused."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    writer = ResultsStore(database_url)
+    writer.create()
+    writer.upsert(row(0, INTER, val_loss=3.0))
+    reader = ResultsStore(database_url, readonly=True)
+    assert reader.studies() == ["s"]
+    assert [(r["trial"], r["val_loss"]) for r in reader.rows("s", columns=["trial", "val_loss"])] == [(0, 3.0)]
+    with pytest.raises(SQLAlchemyError, match="read-only|readonly"):
+        reader.upsert(row(1, INTRA))
+    assert [r["trial"] for r in writer.rows("s")] == [0]
+    reader.dispose()
+    writer.dispose()
+
+
+def test_an_older_table_gains_new_columns_and_reads_as_none(tmp_path):
+    """A study database written before a column existed: readers see None for it, and
+    create() (a resumed driver) adds it, keeping every row."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store = ResultsStore(url)
+    store.create()
+    store.upsert(row(0, INTER, val_loss=3.0))
+    store.dispose()
+    with sqlite3.connect(tmp_path / "old.db") as conn:
+        conn.execute("ALTER TABLE hybridnas_trials DROP COLUMN baseline")
+    reader = ResultsStore(url, readonly=True)
+    assert reader.rows("s")[0]["baseline"] is None and reader.rows("s")[0]["val_loss"] == 3.0
+    reader.dispose()
+    store = ResultsStore(url)
+    store.create()
+    store.upsert(row(0, INTER, baseline="mamba2"))
+    assert store.rows("s")[0]["baseline"] == "mamba2" and store.rows("s")[0]["val_loss"] == 3.0
+    store.dispose()

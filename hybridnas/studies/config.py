@@ -341,6 +341,10 @@ class StudyConfig(_Section):
     concurrent: Annotated[int, Field(ge=1)] = 1
     seeds_per_candidate: Annotated[int, Field(ge=1)] = 1
     baselines: tuple[Literal[BASELINES], ...] = BASELINES  # type: ignore[valid-type]
+    # candidates to try right after the baselines, as Optuna parameters ({"fusion": "intra",
+    # "merge.op": "mean"}; the rest is sampled). Like baselines they are reference points of
+    # the frontier: the rung rule ranks them but never stops them
+    enqueue: tuple[dict[str, Any], ...] = ()
     space: SpaceConfig = SpaceConfig()
     size: SizeConfig
     objectives: tuple[Objective, ...] = (Objective(name="val_loss"), Objective(name="params"))

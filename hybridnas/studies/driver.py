@@ -80,19 +80,23 @@ def _metric_key(objective) -> str:
 
 
 class ParetoScheduler(FIFOScheduler):
-    """Stops a trial at a rung unless its Pareto rank there is within the top 1/eta."""
+    """Stops a trial at a rung unless its Pareto rank there is within the top 1/eta.
+    Baselines and enqueued candidates are ranked like the others (they shape the rung) but
+    never stopped: they are the reference points a frontier is read against."""
 
     def __init__(self, rule: ParetoHalving, points: dict[str, tuple[float, ...]]) -> None:
         super().__init__()
         self.rule = rule
         self.cost_points = points  # tune trial id -> the static objective values
         self.stopped: set[str] = set()
+        self.protected: set[str] = set()  # baselines and enqueued candidates: ranked, never stopped
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if result.get(FINAL, True) or "rung" not in result:
             return TrialScheduler.CONTINUE
         point = (result["val_loss"], *self.cost_points.get(trial.trial_id, ()))
-        if self.rule.decide(trial.trial_id, int(result["rung"]), point) == "stop":
+        decision = self.rule.decide(trial.trial_id, int(result["rung"]), point)  # ranks it for the others too
+        if decision == "stop" and trial.trial_id not in self.protected:
             self.stopped.add(trial.trial_id)
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
@@ -147,7 +151,9 @@ class OptunaBridge(Searcher):
                 spec, params = outcome
                 self.live[trial_id] = (trial.number, spec, params)
                 self.scheduler.cost_points[trial_id] = self._cost_point(spec)
-                self._write(trial.number, spec, params, status="running")
+                if "baseline" in trial.user_attrs or "enqueued" in trial.user_attrs:
+                    self.scheduler.protected.add(trial_id)
+                self._write(trial.number, spec, params, status="running", baseline=trial.user_attrs.get("baseline"))
                 self.tally.running.add(trial_id)
                 self.on_change()
                 return self._worker_config(trial.number, spec)
@@ -172,14 +178,21 @@ class OptunaBridge(Searcher):
             return None
         params = dict(trial.params)
         twin = self._evaluated_twin(spec)
-        if twin is not None:
+        if twin is not None:  # the same candidate, the same budget: its result, complete or pruned
             trial.set_user_attr("reused_from", twin.number)
-            self.study.tell(trial, twin.values)
+            pruned = twin.state == optuna.trial.TrialState.PRUNED
+            if pruned:
+                self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                self.study.tell(trial, twin.values)
             row = self._twin_row(twin.number)
-            self._write(trial.number, spec, params, status="complete", reused_from=twin.number,
-                        **{k: row[k] for k in ("val_loss", "metrics", "rungs", "loss_curve") if row})
+            self._write(trial.number, spec, params, status="pruned" if pruned else "complete", reused_from=twin.number,
+                        baseline=baseline, **{k: row[k] for k in ("val_loss", "metrics", "rungs", "loss_curve") if row})
             self.tally.reused += 1
-            self.tally.done += 1
+            if pruned:
+                self.tally.pruned += 1
+            else:
+                self.tally.done += 1
             return None
         trial.set_user_attr("spec_key", spec_key(spec))
         return spec, params
@@ -188,7 +201,8 @@ class OptunaBridge(Searcher):
         from hybridnas.studies.space import spec_key
 
         key = spec_key(spec)
-        for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        settled = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        for t in self.study.get_trials(deepcopy=False, states=settled):
             if t.user_attrs.get("spec_key") == key and "reused_from" not in t.user_attrs:
                 return t
         return None
@@ -222,7 +236,7 @@ class OptunaBridge(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.live and not result.get(FINAL, True):
             number, spec, params = self.live[trial_id]
-            rungs = [*self._row_rungs(number), {k: result[k] for k in ("rung", "val_loss", "tokens", "flops")}]
+            rungs = _with_rung(self._row_rungs(number), result)
             self._write(number, spec, params, status="running", rungs=rungs, hardware=result.get("hardware"))
 
     def _row_rungs(self, number: int) -> list:
@@ -239,6 +253,9 @@ class OptunaBridge(Searcher):
         budget = self.config.budget.flops * self.config.seeds_per_candidate
         self.tally.flops_full += budget
         if trial_id in self.scheduler.stopped:
+            # the rung that stopped it: Tune hands a stopped trial's last report to
+            # on_trial_complete only, never to on_trial_result
+            rungs = _with_rung(rungs, result) if "rung" in result else rungs
             self.study.tell(number, state=optuna.trial.TrialState.PRUNED)
             spent = rungs[-1]["flops"] if rungs else 0.0
             self.tally.pruned += 1
@@ -259,7 +276,8 @@ class OptunaBridge(Searcher):
     def _tell_final(self, number, spec, params, result, rungs) -> None:
         metrics = {**static_objectives(spec, self.config.objectives, self.config.trainer.seq_len),
                    **{k: v for k, v in result.items() if k.endswith("tokens_per_s") or "@" in k},
-                   "val_loss": result.get("val_loss")}
+                   "val_loss": result.get("val_loss"),
+                   "val_loss_seeds": json.loads(result.get("val_loss_seeds_json") or "[]")}
         values = objective_values(self.config.objectives, metrics) if result.get("status") == "complete" else None
         self.tally.flops_spent += result.get("flops_spent") or 0.0
         columns = {
@@ -305,6 +323,13 @@ class OptunaBridge(Searcher):
             row["prefill_tokens_per_s"] = prefill[0] if prefill else None
         row.update({"budget_flops": self.config.budget.flops, "versions": _versions(), **columns})
         self.store.upsert(row)
+
+
+def _with_rung(rungs: list[dict], result: dict) -> list[dict]:
+    """The rung history with ``result``'s rung report in it, once (a retried trial reports
+    its rungs again)."""
+    report = {k: result[k] for k in ("rung", "val_loss", "tokens", "flops")}
+    return [*(r for r in rungs if r["rung"] != report["rung"]), report]
 
 
 def _cost_context(objectives) -> int:

@@ -56,7 +56,7 @@ def _reconcile(study: optuna.Study, store: ResultsStore) -> int:
     stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     reason = "the driver stopped while it ran; its candidate was requeued"
     for trial in stale:
-        kept = {k: v for k, v in trial.user_attrs.items() if k == "baseline"}
+        kept = {k: v for k, v in trial.user_attrs.items() if k in ("baseline", "enqueued")}
         study.enqueue_trial(trial.params, user_attrs={**kept, "requeued_from": trial.number}, skip_if_exists=False)
         study._storage.set_trial_user_attr(trial._trial_id, "not_counted", True)  # its requeued twin counts
         study._storage.set_trial_user_attr(trial._trial_id, "failure", reason)
@@ -79,6 +79,8 @@ def launch(target: str, *, storage: str | None = None, ray_address: str | None =
 
     overrides = {k: v for k, v in {"storage": storage, "trials": trials}.items() if v is not None}
     config = load_study_config(target, **overrides)
+    space = SearchSpace(config)
+    space.check_enqueued()  # before anything is written
     url = normalize_url(config.storage)
     store = ResultsStore(url)
     store.create()
@@ -86,13 +88,14 @@ def launch(target: str, *, storage: str | None = None, ray_address: str | None =
         study_name=config.name, storage=url, sampler=make_sampler(config), load_if_exists=True,
         directions=list(config.directions),
     )
-    space = SearchSpace(config)
     if not study.get_trials(deepcopy=False):
         study.set_user_attr("config", config.model_dump(mode="json"))
         for name in config.baselines:
             # a baseline the space cannot express (e.g. pure attention where fusion is fixed)
             # is enqueued without parameters and trained from its spec as it is
             study.enqueue_trial(space.baseline_params(name) or {}, user_attrs={"baseline": name})
+        for i, params in enumerate(config.enqueue):
+            study.enqueue_trial(dict(params), user_attrs={"enqueued": i})
     _reconcile(study, store)
 
     if not ray.is_initialized():

@@ -312,6 +312,19 @@ class SearchSpace:
             return None
         return params if spec_key(rebuilt) == spec_key(target) else None
 
+    def check_enqueued(self) -> None:
+        """Each ``enqueue`` entry names searched parameters and allowed values; raises
+        StudyConfigError naming the entry and key otherwise."""
+        grid = self.grid()
+        for i, params in enumerate(self.config.enqueue):
+            for key, value in params.items():
+                if key not in grid:
+                    raise StudyConfigError(f"enqueue[{i}].{key}: not a searched parameter "
+                                           f"(searched: {', '.join(grid) or 'none'})")
+                if value not in grid[key]:
+                    allowed = ", ".join(str(c) for c in grid[key])
+                    raise StudyConfigError(f"enqueue[{i}].{key}: {value!r} is not one of {allowed}")
+
     def _share_for(self, target: ArchSpec, ratio: str, choices: list) -> Any:
         if self.share_kind == "n_attn":
             return target.n_attention_mixers

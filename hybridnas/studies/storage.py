@@ -58,6 +58,7 @@ TRIALS = Table(
     Column("status", String(16), nullable=False),  # complete | pruned | fail | running
     Column("failure", Text),  # why a trial failed or was not trained
     Column("reused_from", Integer),  # an identical candidate's trial, whose result this reuses
+    Column("baseline", String(32)),  # the baseline this trial was enqueued as, if any
     # the candidate
     Column("pattern", String(2000), nullable=False),
     Column("spec_key", String(64), nullable=False, index=True),
@@ -118,35 +119,63 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _engine(url: str) -> Engine:
+def _engine(url: str, readonly: bool = False) -> Engine:
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 60})
+        path = parsed.database
+        if readonly and path and path != ":memory:":
+            # SQLite's own read-only mode: a reader can never change the file
+            uri = Path(path).expanduser().resolve().as_uri() + "?mode=ro"
+            engine = create_engine("sqlite://", creator=lambda: _sqlite_connect_readonly(uri))
+        else:
+            if path and path != ":memory:":
+                Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url, connect_args={"timeout": 60})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(connection, _record) -> None:
-            # WAL: the dashboard reads while the driver writes; the setting stays with the file
             cursor = connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            if not readonly:  # WAL: readers see committed rows while the driver writes; it stays with the file
+                cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA busy_timeout=60000")
             cursor.close()
 
         return engine
+    if readonly:  # the URL's own options (a search_path, say) kept
+        options = f"{parsed.query.get('options', '')} -c default_transaction_read_only=on".strip()
+        url = parsed.update_query_dict({"options": options}).render_as_string(hide_password=False)
     return create_engine(url, pool_pre_ping=True)
 
 
-class ResultsStore:
-    """Read and write ``hybridnas_trials`` in the database at ``url``."""
+def _sqlite_connect_readonly(uri: str):
+    import sqlite3
 
-    def __init__(self, url: str) -> None:
+    return sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False)
+
+
+class ResultsStore:
+    """Read and write ``hybridnas_trials`` in the database at ``url``; ``readonly`` opens it
+    so that nothing can be written (SQLite's read-only mode, PostgreSQL read-only transactions)."""
+
+    def __init__(self, url: str, *, readonly: bool = False) -> None:
         self.url = normalize_url(url)
-        self.engine = _engine(self.url)
+        self.engine = _engine(self.url, readonly)
+        self._columns: list | None = None
 
     def create(self) -> None:
+        """Create the table, or add the columns a newer hybridnas has to an older one's table
+        (all nullable), so that a study can be resumed across versions."""
+        from sqlalchemy import inspect, text
+
         metadata.create_all(self.engine)
+        present = {c["name"] for c in inspect(self.engine).get_columns(TRIALS.name)}
+        with self.engine.begin() as conn:
+            for column in TRIALS.columns:
+                if column.name not in present:
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    conn.execute(text(f'ALTER TABLE {TRIALS.name} ADD COLUMN "{column.name}" {kind}'))
+        self._columns = None
 
     def upsert(self, row: Mapping[str, Any]) -> None:
         """Insert or update the row of (study, trial): a trial's row is written when it
@@ -159,14 +188,32 @@ class ResultsStore:
             else:
                 conn.execute(TRIALS.update().where(key).values(**values))
 
-    def rows(self, study: str, where=None, order_by: Sequence = ()) -> list[dict[str, Any]]:
-        """Rows of ``study`` (optionally filtered by a SQLAlchemy expression), as dicts."""
-        query = select(TRIALS).where(TRIALS.c.study == study)
+    def rows(self, study: str, where=None, order_by: Sequence = (), columns: Sequence[str] | None = None
+             ) -> list[dict[str, Any]]:
+        """Rows of ``study`` (optionally filtered by a SQLAlchemy expression), as dicts: every
+        column, or only ``columns``. A column an older table lacks reads as None."""
+        wanted = [c for c in TRIALS.columns if columns is None or c.name in columns]
+        present = self._present_columns()
+        query = select(*[c for c in wanted if c.name in present]).where(TRIALS.c.study == study)
         if where is not None:
             query = query.where(where)
         query = query.order_by(*order_by, TRIALS.c.trial)
+        missing = dict.fromkeys(c.name for c in wanted if c.name not in present)
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(query)]
+            return [{**missing, **r._mapping} for r in conn.execute(query)]
+
+    def studies(self) -> list[str]:
+        """The names of the studies with rows here, sorted."""
+        query = select(TRIALS.c.study).distinct().order_by(TRIALS.c.study)
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(query)]
+
+    def _present_columns(self) -> set[str]:
+        if self._columns is None:
+            from sqlalchemy import inspect
+
+            self._columns = [c["name"] for c in inspect(self.engine).get_columns(TRIALS.name)]
+        return set(self._columns)
 
     def has_table(self) -> bool:
         from sqlalchemy import inspect

@@ -79,7 +79,7 @@ def _summary(results) -> dict:
         "status": first.status,
         "failure": first.failure["message"] if first.failure else None,
         "val_loss": sum(losses) / len(losses) if losses and first.status == "complete" else None,
-        "val_loss_seeds": losses,
+        "val_loss_seeds_json": json.dumps(losses),  # JSON text: loggers take scalars
         "tokens": results[0].tokens,
         "flops_spent": sum(r.flops + r.extra_flops for r in results),
         "tokens_per_s": results[0].tokens_per_s,
