@@ -12,11 +12,13 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 setup: $(VENV)/.installed
 
 # The main job: a real search on this machine's CPUs (SQLite file and an embedded Ray),
-# ending with the Pareto table; rerunning it adds no trials.
+# ending with the Pareto table and an HTML report; rerunning it adds no trials.
+# Then `.venv/bin/hybridnas dashboard` serves the study at http://127.0.0.1:8050/.
 demo: $(VENV)/.installed
 	$(BIN)/hybridnas doctor
 	RAY_AUTH_MODE=disabled $(BIN)/hybridnas launch quickstart
 	$(BIN)/hybridnas query quickstart --sort val_loss
+	$(BIN)/hybridnas report quickstart -o quickstart-report.html
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

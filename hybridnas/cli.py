@@ -384,6 +384,56 @@ def query(
         print(format_rows(rows, output, objectives), end="" if output == "csv" else "\n")
 
 
+@app.command()
+def dashboard(
+    storage: StorageOption = None,
+    host: Annotated[str, typer.Option("--host", help="the address to bind; 0.0.0.0 exposes it to the network")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="the port to serve on")] = 8050,
+    study: Annotated[Optional[str], typer.Option("--study", help="the study shown first")] = None,
+) -> None:
+    """Serve the read-only Dash dashboard of a study database (Ctrl-C stops it)."""
+    from hybridnas.analysis.dashboard import serve
+    from hybridnas.analysis.study import list_studies
+
+    url = storage or DEFAULT_STORAGE
+    if not 0 < port < 65536:
+        raise UserError(f"--port={port}: must be between 1 and 65535")
+    try:
+        names = list_studies(url)
+    except _study_errors() as exc:
+        raise UserError(str(exc)) from None
+    except Exception as exc:  # the database cannot be opened (missing file, refused connection)
+        raise UserError(f"storage {url}: cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    if not names:
+        raise UserError(f"storage {url}: no hybridnas studies here (run hybridnas launch first)")
+    if study is not None and study not in names:
+        raise UserError(f"--study={study}: no such study (studies: {', '.join(names)})")
+    console.print(f"dashboard of {url} at http://{host}:{port}/ (read-only; Ctrl-C stops it)")
+    serve(url, host=host, port=port, study=study)
+
+
+@app.command()
+def report(
+    study: Annotated[str, typer.Argument(help="the study's name")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="the HTML file to write")] = Path("report.html"),
+    storage: StorageOption = None,
+) -> None:
+    """Write one self-contained HTML report of a study: figures and tables."""
+    from hybridnas.analysis.report import write_report
+
+    if output.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"-o {output}: the report is HTML; name a .html file")
+    if not output.parent.exists():
+        raise UserError(f"-o {output}: folder {output.parent} does not exist")
+    try:
+        path = write_report(storage or DEFAULT_STORAGE, study, output)
+    except LookupError as exc:
+        raise UserError(str(exc.args[0])) from None
+    except _study_errors() as exc:
+        raise UserError(str(exc)) from None
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 def _print_rows(rows: list[dict], extra: list[str], title: str) -> None:
     from hybridnas.studies.query import TABLE_COLUMNS
 

@@ -1,0 +1,298 @@
+"""``hybridnas dashboard``: a Dash app over a study database, read-only.
+
+    top:     study, the 2 or 3 objectives to plot, a filter for every search dimension
+    middle:  the Pareto plot (refreshed every few seconds while a study runs; the zoom stays:
+             the app remembers the axes' ranges of the last zoom or pan and draws each new
+             figure with them, until a double click, or another study or objectives)
+    right:   the trial panel of the clicked point: layout, metrics, loss curves, config, and
+             a download of its spec JSON
+    bottom:  effect of a dimension on a metric, hypervolume over trials, parameter importance
+
+The app never writes: it opens the database read-only (see :mod:`hybridnas.analysis.study`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+
+import dash
+import plotly.graph_objects as go
+from dash import ALL, Input, Output, State, dcc, html
+
+from hybridnas.analysis import figures
+from hybridnas.analysis.study import DIMENSIONS, ObjectiveRef, list_studies, load_study, load_trial
+
+__all__ = ["create_app", "serve"]
+
+PANEL_STYLE = {"border": "1px solid #ddd", "borderRadius": "6px", "padding": "10px", "background": "#fff"}
+FILTER_STYLE = {"width": "190px", "display": "inline-block", "marginRight": "8px", "verticalAlign": "top",
+                "fontSize": "13px"}
+
+
+def create_app(storage: str, *, refresh_s: float = 5.0, study: str | None = None) -> dash.Dash:
+    """The dashboard over the database at ``storage``; ``study`` is shown first if given."""
+    app = dash.Dash(__name__, title="hybridnas dashboard", suppress_callback_exceptions=True)
+    names = list_studies(storage)
+    first = study if study in names else (names[0] if names else None)
+    app.layout = _layout(storage, names, first, refresh_s)
+    _callbacks(app, storage, refresh_s)
+    return app
+
+
+def _layout(storage: str, names: list[str], first: str | None, refresh_s: float) -> html.Div:
+    filters = [
+        html.Div([html.Label(d, style={"fontWeight": "bold"}),
+                  dcc.Dropdown(id={"type": "filter", "dim": d}, multi=True, placeholder="all")], style=FILTER_STYLE)
+        for d in DIMENSIONS
+    ]
+    return html.Div(style={"fontFamily": "sans-serif", "background": "#f6f6f6", "padding": "12px"}, children=[
+        html.H2("hybridnas", style={"margin": "0 0 4px 0"}),
+        html.Div(f"{storage} (read-only)", style={"color": "#666", "fontSize": "12px", "marginBottom": "8px"}),
+        html.Div(style={"display": "flex", "gap": "12px", "alignItems": "end"}, children=[
+            html.Div([html.Label("study"), dcc.Dropdown(id="study", options=names, value=first, clearable=False)],
+                     style={"width": "260px"}),
+            html.Div([html.Label("objectives (2 or 3: x, y, colour)"),
+                      dcc.Dropdown(id="objectives", multi=True)], style={"width": "520px"}),
+            html.Div(id="summary", style={"fontSize": "13px", "color": "#333"}),
+        ]),
+        html.Details([html.Summary("filters"), html.Div(filters, style={"marginTop": "6px"})], open=True,
+                     style={"margin": "8px 0"}),
+        html.Div(style={"display": "flex", "gap": "12px"}, children=[
+            html.Div([dcc.Graph(id="pareto", style={"height": "560px"}, config={"displaylogo": False}),
+                      dcc.Tooltip(id="pareto-tooltip", direction="right")],
+                     style={**PANEL_STYLE, "flex": "3", "minWidth": "0"}),
+            html.Div(id="trial-panel", style={**PANEL_STYLE, "flex": "2", "minWidth": "0", "overflow": "auto",
+                                              "maxHeight": "580px"},
+                     children=html.P("Click a point to open its trial.", style={"color": "#666"})),
+        ]),
+        dcc.Store(id="selected"),
+        dcc.Store(id="view"),
+        dcc.Download(id="download-spec"),
+        dcc.Interval(id="refresh", interval=int(refresh_s * 1000)),
+        dcc.Tabs(style={"marginTop": "12px"}, children=[
+            dcc.Tab(label="effects", children=html.Div(style=PANEL_STYLE, children=[
+                html.Div(style={"display": "flex", "gap": "12px"}, children=[
+                    html.Div([html.Label("dimension"), dcc.Dropdown(id="effect-dim", options=list(DIMENSIONS[1:]),
+                                                                    value="attn_ratio", clearable=False)],
+                             style={"width": "220px"}),
+                    html.Div([html.Label("metric"), dcc.Dropdown(id="effect-metric", clearable=False)],
+                             style={"width": "260px"}),
+                ]),
+                dcc.Graph(id="effect"),
+            ])),
+            dcc.Tab(label="hypervolume", children=html.Div(dcc.Graph(id="hypervolume"), style=PANEL_STYLE)),
+            dcc.Tab(label="importance", children=html.Div(style=PANEL_STYLE, children=[
+                html.Button("compute importance", id="importance-button"),
+                dcc.Loading(html.Div(id="importance")),
+            ])),
+        ]),
+    ])
+
+
+def _objective_refs(data, labels: list[str] | None) -> list[ObjectiveRef]:
+    known = {o.label: o for o in data.objectives}
+    return [known.get(label) or ObjectiveRef.parse(label) for label in labels or []]
+
+
+# The Pareto plot's hover, drawn in the browser from each point's customdata
+# ([trial, pattern, description, objective lines...]): sending the layout as HTML for 10,000
+# points would be ten times the bytes. One coloured cell per layer, as in the report.
+TOOLTIP_JS = """
+function(hover) {
+    if (!hover || !hover.points || !hover.points.length || !hover.points[0].customdata) {
+        return [false, window.dash_clientside.no_update, window.dash_clientside.no_update];
+    }
+    const point = hover.points[0];
+    const [trial, pattern, ...lines] = point.customdata;
+    const colors = %s;
+    const span = (text, style) => ({type: "Span", namespace: "dash_html_components", props: {children: text, style: style}});
+    const div = (children, style) => ({type: "Div", namespace: "dash_html_components", props: {children: children, style: style}});
+    const cells = Array.from(pattern).map(s => span("\u2588", {color: colors[s] || "#000", fontSize: "16px"}));
+    const children = [
+        div([span("trial " + trial, {fontWeight: "bold"})]),
+        div([pattern], {fontFamily: "monospace"}),
+        div(cells, {letterSpacing: "1px"}),
+        ...lines.map(line => div([line])),
+    ];
+    return [true, point.bbox, div(children, {fontSize: "12px", whiteSpace: "nowrap"})];
+}
+""" % json.dumps(figures.LAYER_COLORS)
+
+
+def _callbacks(app: dash.Dash, storage: str, refresh_s: float) -> None:
+    load = _StudyCache(storage, max_age_s=refresh_s / 2)
+    app.clientside_callback(
+        TOOLTIP_JS,
+        Output("pareto-tooltip", "show"), Output("pareto-tooltip", "bbox"), Output("pareto-tooltip", "children"),
+        Input("pareto", "hoverData"),
+    )
+
+    @app.callback(
+        Output("objectives", "options"), Output("objectives", "value"),
+        Output("effect-metric", "options"), Output("effect-metric", "value"),
+        Output({"type": "filter", "dim": ALL}, "options"), Output({"type": "filter", "dim": ALL}, "value"),
+        Input("study", "value"),
+    )
+    def choose_study(study):
+        empty = [[] for _ in DIMENSIONS]
+        if not study:
+            return [], [], [], None, empty, empty
+        data = load(study)
+        labels = data.metric_labels()
+        dims = [[{"label": _option(v), "value": v} for v in data.dimension_values(d)] for d in DIMENSIONS]
+        return labels, [o.label for o in data.objectives[:2]], labels, labels[0], dims, empty
+
+    @app.callback(
+        Output("pareto", "figure"), Output("summary", "children"),
+        Input("study", "value"), Input("objectives", "value"), Input({"type": "filter", "dim": ALL}, "value"),
+        Input("refresh", "n_intervals"), State("view", "data"),
+    )
+    def draw_pareto(study, labels, chosen, _tick, view):
+        if not study or not labels or len(labels) not in (2, 3):
+            return go.Figure(), "choose 2 or 3 objectives"
+        data = load(study)
+        rows = data.filtered(dict(zip(DIMENSIONS, chosen)))
+        objectives = _objective_refs(data, labels)
+        key = _view_key(study, labels)
+        figure = figures.pareto_figure(data, rows, objectives, uirevision=key, hover="data")
+        if view and view.get("key") == key:  # the user's zoom, kept across refreshes
+            figure.update_layout({axis: {"range": view[axis]} for axis in ("xaxis", "yaxis") if view.get(axis)})
+        shown = sum(len(t.x) for t in figure.data if t.name not in ("Pareto front", "knee", "baselines"))
+        counts = {s: sum(r["status"] == s for r in data.rows) for s in ("complete", "pruned", "fail", "running")}
+        summary = (f"{len(data.rows)} trials: {counts['complete']} complete, {counts['running']} running, "
+                   f"{counts['pruned']} pruned, {counts['fail']} failed; {shown} points shown")
+        return figure, html.Span(summary, id="summary-text", **{"data-points": str(shown)})
+
+    @app.callback(Output("view", "data"), Input("pareto", "relayoutData"), State("view", "data"),
+                  State("study", "value"), State("objectives", "value"), prevent_initial_call=True)
+    def remember_view(relayout, view, study, labels):
+        """Plotly reports a zoom or pan as axis ranges and a double click as autorange."""
+        key = _view_key(study, labels)
+        view = dict(view) if view and view.get("key") == key else {"key": key}
+        for axis in ("xaxis", "yaxis"):
+            low, high = (relayout or {}).get(f"{axis}.range[0]"), (relayout or {}).get(f"{axis}.range[1]")
+            if (relayout or {}).get(f"{axis}.autorange"):
+                view.pop(axis, None)
+            elif low is not None and high is not None:
+                view[axis] = [low, high]
+        return view
+
+    @app.callback(Output("selected", "data"), Input("pareto", "clickData"), State("study", "value"),
+                  prevent_initial_call=True)
+    def select(click, study):
+        if not click or not click.get("points"):
+            return dash.no_update
+        custom = click["points"][0].get("customdata")
+        trial = custom[0] if isinstance(custom, list) else custom
+        return {"study": study, "trial": int(trial)}
+
+    @app.callback(Output("trial-panel", "children"), Input("selected", "data"), prevent_initial_call=True)
+    def open_trial(selected):
+        row = load_trial(storage, selected["study"], selected["trial"]) if selected else None
+        if row is None:
+            return html.P("That trial is not in the database.")
+        return _trial_panel(row)
+
+    @app.callback(Output("download-spec", "data"), Input("download-button", "n_clicks"), State("selected", "data"),
+                  prevent_initial_call=True)
+    def download(n_clicks, selected):
+        row = load_trial(storage, selected["study"], selected["trial"]) if n_clicks and selected else None
+        if row is None:
+            return dash.no_update
+        name = f"{selected['study']}-trial-{selected['trial']}-spec.json"
+        return {"content": json.dumps(row["spec"], indent=2), "filename": name, "type": "application/json"}
+
+    # the figures below the fold follow the Pareto plot (its summary line changes with every
+    # refresh, study and filter), so they never slow the first page down
+    @app.callback(Output("effect", "figure"), Input("summary", "children"), Input("effect-dim", "value"),
+                  Input("effect-metric", "value"), State("study", "value"), State({"type": "filter", "dim": ALL}, "value"))
+    def draw_effect(_summary, dimension, metric, study, chosen):
+        if not study:
+            return go.Figure()
+        data = load(study)
+        return figures.effect_figure(data.filtered(dict(zip(DIMENSIONS, chosen))), dimension, metric or "val_loss")
+
+    @app.callback(Output("hypervolume", "figure"), Input("summary", "children"), State("study", "value"),
+                  State("objectives", "value"))
+    def draw_hypervolume(_summary, study, labels):
+        if not study or not labels:
+            return go.Figure()
+        data = load(study)
+        return figures.hypervolume_figure(data, _objective_refs(data, labels))
+
+    @app.callback(Output("importance", "children"), Input("importance-button", "n_clicks"), State("study", "value"),
+                  prevent_initial_call=True)
+    def draw_importance(_clicks, study):
+        from hybridnas.analysis.effects import param_importances
+
+        try:
+            return dcc.Graph(figure=figures.importance_figure(param_importances(storage, study)))
+        except (ValueError, KeyError) as exc:
+            return html.P(f"importance not available: {exc}")
+
+
+class _StudyCache:
+    """One read of a study serves every callback of a page load or a refresh: reads older
+    than ``max_age_s`` are repeated (a running study keeps changing)."""
+
+    def __init__(self, storage: str, max_age_s: float) -> None:
+        self.storage, self.max_age_s = storage, max_age_s
+        self.lock = threading.Lock()
+        self.loaded: dict[str, tuple[float, object]] = {}
+
+    def __call__(self, study: str):
+        with self.lock:  # concurrent callbacks wait for the one read instead of each reading
+            stamp, data = self.loaded.get(study, (-math.inf, None))
+            if time.monotonic() - stamp > self.max_age_s:
+                data = load_study(self.storage, study)
+                self.loaded[study] = (time.monotonic(), data)
+            return data
+
+
+def _view_key(study, labels) -> str:
+    """What a zoom belongs to: another study or other objectives start from the full view."""
+    return f"{study}|{'|'.join(labels or [])}"
+
+
+def _option(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _trial_panel(row: dict) -> list:
+    """The clicked trial: layout, metrics, loss curves, config and the spec download."""
+    metrics = {k: v for k, v in (row.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    table_rows = [("status", row["status"] + (f" ({row['failure']})" if row.get("failure") else "")),
+                  ("pattern", row["pattern"]), ("fusion", row.get("fusion")), ("merge", row.get("merge_op")),
+                  ("baseline", row.get("baseline")), ("params", row.get("params")),
+                  ("val_loss", row.get("val_loss")), ("tokens", row.get("tokens")),
+                  ("wall_s", row.get("wall_s")), ("hardware", row.get("hardware"))]
+    table_rows += [(k, v) for k, v in metrics.items() if k not in dict(table_rows)]
+    table = html.Table([html.Tr([html.Td(k, style={"fontWeight": "bold", "paddingRight": "12px"}), html.Td(_cell(v))])
+                        for k, v in table_rows if v is not None], style={"fontSize": "13px"})
+    return [
+        html.H4(f"trial {row['trial']}", id="trial-title", style={"margin": "0 0 6px 0"}),
+        dcc.Graph(figure=figures.layout_strip([(f"trial {row['trial']}", row["pattern"])]),
+                  config={"displayModeBar": False}, id="trial-layout"),
+        table,
+        dcc.Graph(figure=figures.loss_curve_figure(row), config={"displayModeBar": False}),
+        html.Button("download spec JSON", id="download-button", style={"margin": "6px 0"}),
+        html.Details([html.Summary("config"),
+                      html.Pre(json.dumps(row.get("config"), indent=2), style={"fontSize": "11px"})]),
+        html.Details([html.Summary("spec"), html.Pre(json.dumps(row.get("spec"), indent=2), style={"fontSize": "11px"})]),
+    ]
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else (f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def serve(storage: str, host: str = "127.0.0.1", port: int = 8050, study: str | None = None) -> None:
+    """Run the dashboard's web server (blocks). Binds to localhost unless ``host`` says otherwise."""
+    create_app(storage, study=study).run(host=host, port=port, debug=False)
