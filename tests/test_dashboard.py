@@ -210,8 +210,14 @@ def test_clicking_a_point_opens_its_trial_panel(page, study_url):
     _points(page)
     point = page.locator("#pareto .scatterlayer .trace").first.locator(".point").first
     box = point.bounding_box()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.wait_for_selector("#pareto-tooltip :text('trial')", timeout=30_000)  # the hover: layout cells
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    for attempt in range(60):  # a refresh redrawing the plot can end a hover: hover again
+        page.mouse.move(x + attempt % 2, y)
+        try:
+            page.wait_for_selector("#pareto-tooltip :text('trial')", timeout=500)  # the hover: layout cells
+            break
+        except Exception:  # Playwright's TimeoutError
+            continue
     hovered = page.inner_text("#pareto-tooltip")
     hovered_pattern = hovered.splitlines()[1]
     assert hovered.count("█") == len(hovered_pattern) and "val_loss:" in hovered

@@ -33,20 +33,34 @@ FILTER_STYLE = {"width": "190px", "display": "inline-block", "marginRight": "8px
 
 
 def create_app(storage: str, *, refresh_s: float = 5.0, study: str | None = None) -> dash.Dash:
-    """The dashboard over the database at ``storage``; ``study`` is shown first if given."""
+    """The dashboard over the database at ``storage``; ``study`` is shown first if given.
+
+    The first page arrives drawn: each page load renders the first study's Pareto plot and
+    controls on the server (one request instead of a chain of callbacks, which is what keeps
+    a 10,000-trial study's first page under two seconds)."""
     app = dash.Dash(__name__, title="hybridnas dashboard", suppress_callback_exceptions=True)
-    names = list_studies(storage)
-    first = study if study in names else (names[0] if names else None)
-    app.layout = _layout(storage, names, first, refresh_s)
-    _callbacks(app, storage, refresh_s)
+    load = _StudyCache(storage, max_age_s=refresh_s / 2)
+
+    def page() -> html.Div:  # Dash calls a layout function on every page load
+        names = list_studies(storage)
+        first = study if study in names else (names[0] if names else None)
+        return _layout(storage, names, first, refresh_s, load(first) if first else None)
+
+    app.layout = page
+    _callbacks(app, storage, load)
     return app
 
 
-def _layout(storage: str, names: list[str], first: str | None, refresh_s: float) -> html.Div:
+def _layout(storage: str, names: list[str], first: str | None, refresh_s: float, data) -> html.Div:
+    """The page, with the first study's controls, plot and summary filled in."""
+    controls = _controls(data)
+    labels = controls["objectives"]
+    figure, summary = _pareto(data, first, labels, [[] for _ in DIMENSIONS], None) if data else (go.Figure(), "")
     filters = [
         html.Div([html.Label(d, style={"fontWeight": "bold"}),
-                  dcc.Dropdown(id={"type": "filter", "dim": d}, multi=True, placeholder="all")], style=FILTER_STYLE)
-        for d in DIMENSIONS
+                  dcc.Dropdown(id={"type": "filter", "dim": d}, options=options, value=[], multi=True,
+                               placeholder="all")], style=FILTER_STYLE)
+        for d, options in zip(DIMENSIONS, controls["filters"])
     ]
     return html.Div(style={"fontFamily": "sans-serif", "background": "#f6f6f6", "padding": "12px"}, children=[
         html.H2("hybridnas", style={"margin": "0 0 4px 0"}),
@@ -55,13 +69,14 @@ def _layout(storage: str, names: list[str], first: str | None, refresh_s: float)
             html.Div([html.Label("study"), dcc.Dropdown(id="study", options=names, value=first, clearable=False)],
                      style={"width": "260px"}),
             html.Div([html.Label("objectives (2 or 3: x, y, colour)"),
-                      dcc.Dropdown(id="objectives", multi=True)], style={"width": "520px"}),
-            html.Div(id="summary", style={"fontSize": "13px", "color": "#333"}),
+                      dcc.Dropdown(id="objectives", options=controls["metrics"], value=labels, multi=True)],
+                     style={"width": "520px"}),
+            html.Div(summary, id="summary", style={"fontSize": "13px", "color": "#333"}),
         ]),
         html.Details([html.Summary("filters"), html.Div(filters, style={"marginTop": "6px"})], open=True,
                      style={"margin": "8px 0"}),
         html.Div(style={"display": "flex", "gap": "12px"}, children=[
-            html.Div([dcc.Graph(id="pareto", style={"height": "560px"}, config={"displaylogo": False}),
+            html.Div([dcc.Graph(id="pareto", figure=figure, style={"height": "560px"}, config={"displaylogo": False}),
                       dcc.Tooltip(id="pareto-tooltip", direction="right")],
                      style={**PANEL_STYLE, "flex": "3", "minWidth": "0"}),
             html.Div(id="trial-panel", style={**PANEL_STYLE, "flex": "2", "minWidth": "0", "overflow": "auto",
@@ -78,7 +93,8 @@ def _layout(storage: str, names: list[str], first: str | None, refresh_s: float)
                     html.Div([html.Label("dimension"), dcc.Dropdown(id="effect-dim", options=list(DIMENSIONS[1:]),
                                                                     value="attn_ratio", clearable=False)],
                              style={"width": "220px"}),
-                    html.Div([html.Label("metric"), dcc.Dropdown(id="effect-metric", clearable=False)],
+                    html.Div([html.Label("metric"), dcc.Dropdown(id="effect-metric", options=controls["metrics"],
+                                                                 value=controls["metric"], clearable=False)],
                              style={"width": "260px"}),
                 ]),
                 dcc.Graph(id="effect"),
@@ -90,6 +106,33 @@ def _layout(storage: str, names: list[str], first: str | None, refresh_s: float)
             ])),
         ]),
     ])
+
+
+def _controls(data) -> dict:
+    """What the controls offer for a study: its metrics, its first two objectives, and each
+    filter's values."""
+    if data is None:
+        return {"metrics": [], "objectives": [], "metric": None, "filters": [[] for _ in DIMENSIONS]}
+    metrics = data.metric_labels()
+    return {"metrics": metrics, "objectives": [o.label for o in data.objectives[:2]], "metric": metrics[0],
+            "filters": [[{"label": _option(v), "value": v} for v in data.dimension_values(d)] for d in DIMENSIONS]}
+
+
+def _pareto(data, study: str, labels: list[str], chosen: list, view: dict | None) -> tuple:
+    """(figure, summary line) of the Pareto plot: the rows passing the filters, on ``labels``,
+    zoomed to ``view`` when it belongs to this study and these objectives."""
+    if not labels or len(labels) not in (2, 3):
+        return go.Figure(), "choose 2 or 3 objectives"
+    rows = data.filtered(dict(zip(DIMENSIONS, chosen)))
+    key = _view_key(study, labels)
+    figure = figures.pareto_figure(data, rows, _objective_refs(data, labels), uirevision=key, hover="data")
+    if view and view.get("key") == key:  # the user's zoom, kept across refreshes
+        figure.update_layout({axis: {"range": view[axis]} for axis in ("xaxis", "yaxis") if view.get(axis)})
+    shown = sum(len(t.x) for t in figure.data if t.name not in ("Pareto front", "knee", "baselines"))
+    counts = {s: sum(r["status"] == s for r in data.rows) for s in ("complete", "pruned", "fail", "running")}
+    summary = (f"{len(data.rows)} trials: {counts['complete']} complete, {counts['running']} running, "
+               f"{counts['pruned']} pruned, {counts['fail']} failed; {shown} points shown")
+    return figure, html.Span(summary, id="summary-text", **{"data-points": str(shown)})
 
 
 def _objective_refs(data, labels: list[str] | None) -> list[ObjectiveRef]:
@@ -122,8 +165,7 @@ function(hover) {
 """ % json.dumps(figures.LAYER_COLORS)
 
 
-def _callbacks(app: dash.Dash, storage: str, refresh_s: float) -> None:
-    load = _StudyCache(storage, max_age_s=refresh_s / 2)
+def _callbacks(app: dash.Dash, storage: str, load) -> None:
     app.clientside_callback(
         TOOLTIP_JS,
         Output("pareto-tooltip", "show"), Output("pareto-tooltip", "bbox"), Output("pareto-tooltip", "children"),
@@ -134,37 +176,23 @@ def _callbacks(app: dash.Dash, storage: str, refresh_s: float) -> None:
         Output("objectives", "options"), Output("objectives", "value"),
         Output("effect-metric", "options"), Output("effect-metric", "value"),
         Output({"type": "filter", "dim": ALL}, "options"), Output({"type": "filter", "dim": ALL}, "value"),
-        Input("study", "value"),
+        Input("study", "value"), prevent_initial_call=True,  # the first study's come with the page
     )
     def choose_study(study):
+        controls = _controls(load(study) if study else None)
         empty = [[] for _ in DIMENSIONS]
-        if not study:
-            return [], [], [], None, empty, empty
-        data = load(study)
-        labels = data.metric_labels()
-        dims = [[{"label": _option(v), "value": v} for v in data.dimension_values(d)] for d in DIMENSIONS]
-        return labels, [o.label for o in data.objectives[:2]], labels, labels[0], dims, empty
+        return (controls["metrics"], controls["objectives"], controls["metrics"], controls["metric"],
+                controls["filters"], empty)
 
     @app.callback(
         Output("pareto", "figure"), Output("summary", "children"),
         Input("study", "value"), Input("objectives", "value"), Input({"type": "filter", "dim": ALL}, "value"),
-        Input("refresh", "n_intervals"), State("view", "data"),
+        Input("refresh", "n_intervals"), State("view", "data"), prevent_initial_call=True,
     )
     def draw_pareto(study, labels, chosen, _tick, view):
-        if not study or not labels or len(labels) not in (2, 3):
-            return go.Figure(), "choose 2 or 3 objectives"
-        data = load(study)
-        rows = data.filtered(dict(zip(DIMENSIONS, chosen)))
-        objectives = _objective_refs(data, labels)
-        key = _view_key(study, labels)
-        figure = figures.pareto_figure(data, rows, objectives, uirevision=key, hover="data")
-        if view and view.get("key") == key:  # the user's zoom, kept across refreshes
-            figure.update_layout({axis: {"range": view[axis]} for axis in ("xaxis", "yaxis") if view.get(axis)})
-        shown = sum(len(t.x) for t in figure.data if t.name not in ("Pareto front", "knee", "baselines"))
-        counts = {s: sum(r["status"] == s for r in data.rows) for s in ("complete", "pruned", "fail", "running")}
-        summary = (f"{len(data.rows)} trials: {counts['complete']} complete, {counts['running']} running, "
-                   f"{counts['pruned']} pruned, {counts['fail']} failed; {shown} points shown")
-        return figure, html.Span(summary, id="summary-text", **{"data-points": str(shown)})
+        if not study:
+            return go.Figure(), ""
+        return _pareto(load(study), study, labels, chosen, view)
 
     @app.callback(Output("view", "data"), Input("pareto", "relayoutData"), State("view", "data"),
                   State("study", "value"), State("objectives", "value"), prevent_initial_call=True)

@@ -92,7 +92,12 @@ def _importances_of(trials, index, direction, evaluator, seed, get_param_importa
     in-memory study whose only value is objective ``index``."""
     import optuna
 
-    single = optuna.create_study(direction=direction)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per objective about an in-memory study
+    try:
+        single = optuna.create_study(direction=direction)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     for t in trials:
         single.add_trial(optuna.trial.create_trial(
             params=t.params, distributions=t.distributions, value=t.values[index]))

@@ -39,6 +39,7 @@ LAYER_NAMES = {"M": "Mamba-2", "*": "attention", "W": "window attention", "H": "
 FUSION_COLORS = {"inter": "#1f77b4", "intra": "#9467bd", "none": "#7f7f7f"}
 LOG_SCALE = frozenset({"params", "params_active", "cache_bytes", "train_flops"})
 GL_THRESHOLD = 3000  # above this many points, WebGL draws them (SVG slows down past a few thousand)
+POINTS_IN_BOXES = 2000  # effect and hypervolume plots draw every trial up to this many
 
 
 def layout_cells_html(pattern: str) -> str:
@@ -75,7 +76,7 @@ def pareto_figure(data: StudyData, rows: Sequence[dict], objectives: Sequence[Ob
     directions = [o.direction for o in objectives]
     figure = go.Figure()
     scatter = go.Scattergl if len(points_rows) > GL_THRESHOLD else go.Scatter
-    lines = [_hover_lines(r, objectives) for r in points_rows]
+    lines = [_hover_lines(r, v, objectives) for r, v in zip(points_rows, values.tolist())]
 
     def hover_props(indices) -> dict:
         # object arrays, not nested lists: Plotly validates lists element by element, which
@@ -137,14 +138,14 @@ def pareto_figure(data: StudyData, rows: Sequence[dict], objectives: Sequence[Ob
     return figure
 
 
-def _hover_lines(row: dict, objectives: Sequence[ObjectiveRef]) -> list[str]:
+def _hover_lines(row: dict, values: Sequence[float], objectives: Sequence[ObjectiveRef]) -> list[str]:
     """[pattern, description, "objective: value"...]: plain text, for either kind of hover."""
     described = (row.get("fusion") or "-") + (f", baseline {row['baseline']}" if row.get("baseline") else "")
     if row.get("merge_op"):
         described += f", merge {row['merge_op']}" + (f" ({row['merge_norm']} norm)" if row.get("merge_norm") not in (None, "none") else "")
     if row.get("moe"):
         described += f", MoE {row.get('moe_experts')}x top-{row.get('moe_top_k')}"
-    return [row["pattern"], described, *(f"{o.label}: {_number(objective_value(row, o))}" for o in objectives)]
+    return [row["pattern"], described, *(f"{o.label}: {_number(v)}" for o, v in zip(objectives, values))]
 
 
 def _hover_html(trial: int, lines: list[str]) -> str:
@@ -215,12 +216,15 @@ def effect_figure(rows: Sequence[dict], dimension: str, metric: str = "val_loss"
     rows = [r for r in rows if r["status"] == "complete" and r.get("reused_from") is None
             and r.get(dimension) is not None and not math.isnan(objective_value(r, objective))]
     keys = sorted({r[dimension] for r in rows}, key=lambda v: (isinstance(v, str), v))
+    every_point = len(rows) <= POINTS_IN_BOXES  # past that, the boxes alone (and their outliers)
     figure = go.Figure()
     for key in keys:
         mine = [r for r in rows if r[dimension] == key]
         figure.add_trace(go.Box(
-            y=[objective_value(r, objective) for r in mine], name=_category(key), boxpoints="all", jitter=0.4,
-            pointpos=0, hovertext=[f"trial {r['trial']}: {r['pattern']}" for r in mine], hoverinfo="text+y",
+            y=[objective_value(r, objective) for r in mine], name=_category(key),
+            boxpoints="all" if every_point else "outliers", jitter=0.4, pointpos=0,
+            hovertext=[f"trial {r['trial']}: {r['pattern']}" for r in mine] if every_point else None,
+            hoverinfo="text+y" if every_point else "y",
         ))
     figure.update_layout(title=f"{metric} by {dimension}", xaxis_title=dimension, yaxis_title=_label(objective),
                          showlegend=False, template="plotly_white", height=340,
@@ -243,7 +247,8 @@ def hypervolume_figure(data: StudyData, objectives: Sequence[ObjectiveRef]) -> g
         directions = [o.direction for o in objectives]
         reference = pareto.default_reference(values[ok], directions)
         history = pareto.hypervolume_history(values, reference, directions)
-        figure.add_trace(go.Scatter(x=[r["trial"] for r in rows], y=history, mode="lines+markers",
+        figure.add_trace(go.Scatter(x=[r["trial"] for r in rows], y=history,
+                                    mode="lines+markers" if len(rows) <= POINTS_IN_BOXES else "lines",
                                     line={"shape": "hv"}, name="hypervolume"))
     figure.update_layout(title="hypervolume over trials (" + ", ".join(o.label for o in objectives) + ")",
                          xaxis_title="trial", yaxis_title="hypervolume", template="plotly_white", height=320,

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import math
 from pathlib import Path
 
 import plotly.io as pio
 
 from hybridnas.analysis import figures, pareto
 from hybridnas.analysis.effects import effect_summary, param_importances
-from hybridnas.analysis.study import StudyData, load_study
+from hybridnas.analysis.study import StudyData, load_study, objective_value
 
 __all__ = ["render_report", "write_report"]
 
@@ -63,7 +64,7 @@ def render_report(data: StudyData, storage: str) -> str:
             parts.append("<h2>Pareto set</h2>" + _table(front_rows, objectives))
     parts.append("<h2>Effects on val_loss</h2>")
     for by in (("fusion", "merge_op"), ("attn_ratio",), ("placement",)):
-        groups = effect_summary([r for r in data.complete()], by)
+        groups = effect_summary(data.complete(), by)
         if groups:
             parts.append(f"<h3>by {' x '.join(by)}</h3>" + _effects_table(groups, by))
     if not isinstance(importance, dict):
@@ -74,13 +75,11 @@ def render_report(data: StudyData, storage: str) -> str:
 
 
 def _front(data: StudyData) -> list[dict]:
-    rows = [r for r in data.complete()]
-    values = data.values(data.objectives, rows)
-    ok = [i for i in range(len(rows)) if not any(v != v for v in values[i])]
-    if not ok:
-        return []
-    front = pareto.pareto_front(values[ok], [o.direction for o in data.objectives])
-    return [rows[ok[i]] for i in front]
+    """The complete trials on the first front of the study's objectives (unmeasured rows
+    are never on it: pareto_front leaves out rows with a NaN)."""
+    rows = data.complete()
+    front = pareto.pareto_front(data.values(data.objectives, rows), [o.direction for o in data.objectives])
+    return [rows[i] for i in front]
 
 
 def _importance(storage: str, study: str) -> dict | str:
@@ -96,13 +95,15 @@ def _counts(data: StudyData) -> str:
 
 
 def _table(rows: list[dict], objectives) -> str:
-    columns = list(dict.fromkeys([*TRIAL_COLUMNS, *(o.label for o in objectives)]))
+    by_label = {o.label: o for o in objectives}
+    columns = list(dict.fromkeys([*TRIAL_COLUMNS, *by_label]))
     head = "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "<th>layout</th></tr>"
     body = []
     for row in rows:
         cells = []
         for c in columns:
-            value = row.get(c, (row.get("metrics") or {}).get(c))
+            value = objective_value(row, by_label[c]) if c in by_label else row.get(c)
+            value = None if isinstance(value, float) and math.isnan(value) else value
             text = "-" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
             cells.append(f"<td class='text'>{html.escape(text)}</td>" if isinstance(value, str) else f"<td>{text}</td>")
         cells.append(f"<td class='text cells'>{figures.layout_cells_html(row['pattern'])}</td>")

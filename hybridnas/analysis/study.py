@@ -20,6 +20,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from hybridnas.studies.config import MAXIMIZED, OBJECTIVES
 from hybridnas.studies.storage import TRIALS, ResultsStore, normalize_url
 
 __all__ = [
@@ -41,11 +42,8 @@ DIMENSIONS = (
     "moe", "moe_experts", "moe_top_k", "moe_shared",
 )
 # every metric that can be plotted, with the direction that is better
-METRIC_DIRECTIONS = {
-    "val_loss": "minimize", "params": "minimize", "params_active": "minimize", "train_flops": "minimize",
-    "cache_bytes": "minimize", "decode_tokens_per_s": "maximize", "prefill_tokens_per_s": "maximize",
-    "flops_spent": "minimize", "wall_s": "minimize", "n_attn": "minimize", "attn_ratio": "minimize",
-}
+METRIC_DIRECTIONS = {name: "maximize" if name in MAXIMIZED else "minimize"
+                     for name in (*OBJECTIVES, "flops_spent", "wall_s", "n_attn", "attn_ratio")}
 SUMMARY_COLUMNS = tuple(c.name for c in TRIALS.columns if c.name not in ("spec", "loss_curve", "config", "versions"))
 
 
@@ -66,18 +64,20 @@ class ObjectiveRef:
     def parse(cls, label: str) -> ObjectiveRef:
         """``"decode_tokens_per_s@32768"`` or ``"params"`` -> an ObjectiveRef (default direction)."""
         name, _, context = label.partition("@")
-        direction = METRIC_DIRECTIONS.get(name, "maximize" if name.endswith("_tokens_per_s") else "minimize")
+        direction = METRIC_DIRECTIONS.get(name, "maximize" if name in MAXIMIZED else "minimize")
         return cls(name, direction, int(context) if context else None)
 
 
 def objective_value(row: dict, objective: ObjectiveRef) -> float:
-    """The objective's value in ``row``; NaN when it was not measured."""
-    metrics = row.get("metrics") or {}
-    value = metrics.get(objective.label)
+    """The objective's value in ``row`` (the metric at its context, else the column); NaN
+    when it was not measured."""
+    value = None
+    if objective.context is not None:
+        value = (row.get("metrics") or {}).get(objective.label)
     if value is None:
-        value = row.get(objective.name)
+        value = row.get(objective.name)  # load_study has merged the metrics into the row
     if value is None:
-        value = metrics.get(objective.name)
+        value = (row.get("metrics") or {}).get(objective.name)
     try:
         return float(value) if value is not None else math.nan
     except (TypeError, ValueError):
