@@ -47,6 +47,10 @@ __all__ = [
     "BudgetConfig",
     "SamplerConfig",
     "OBJECTIVES",
+    "RECALL_OBJECTIVES",
+    "LONG_CONTEXT_OBJECTIVES",
+    "MAXIMIZED",
+    "RecallSettings",
     "BASELINES",
     "load_study_config",
     "preset_names",
@@ -54,6 +58,13 @@ __all__ = [
     "split_fraction",
 ]
 
+# scored by training shrunk copies on synthetic tasks (hybridnas.proxies.recall): per-task
+# accuracy, and "recall", the mean over [recall] tasks
+RECALL_OBJECTIVES = ("mqar", "in_context_recall", "fuzzy_recall", "noisy_recall", "selective_copying",
+                     "compression", "memorization", "recall")
+# probes of the trained model (hybridnas.proxies.longctx): passkey retrieval up to 2x the
+# training length, validation loss at 2x and 4x it
+LONG_CONTEXT_OBJECTIVES = ("passkey", "val_loss_2x", "val_loss_4x")
 OBJECTIVES = (
     "val_loss",
     "params",
@@ -62,7 +73,10 @@ OBJECTIVES = (
     "cache_bytes",
     "decode_tokens_per_s",
     "prefill_tokens_per_s",
+    *RECALL_OBJECTIVES,
+    *LONG_CONTEXT_OBJECTIVES,
 )
+MAXIMIZED = frozenset({"decode_tokens_per_s", "prefill_tokens_per_s", *RECALL_OBJECTIVES, "passkey"})
 CONTEXT_OBJECTIVES = frozenset({"cache_bytes", "decode_tokens_per_s", "prefill_tokens_per_s"})
 BASELINES = ("attention", "mamba2", "bae-inter-1:5", "bae-intra-1:5")
 DEFAULT_CONTEXT = 8192
@@ -286,8 +300,7 @@ class Objective(_Section):
         if self.name in CONTEXT_OBJECTIVES and self.context is None:
             object.__setattr__(self, "context", DEFAULT_CONTEXT)
         if self.direction is None:
-            default = "maximize" if self.name.endswith("_tokens_per_s") else "minimize"
-            object.__setattr__(self, "direction", default)
+            object.__setattr__(self, "direction", "maximize" if self.name in MAXIMIZED else "minimize")
         return self
 
     @property
@@ -310,6 +323,31 @@ class BudgetConfig(_Section):
         if any(b <= a for a, b in zip(rungs, rungs[1:], strict=False)):
             raise ValueError(f"{list(rungs)} must be increasing")
         return rungs
+
+
+class RecallSettings(_Section):
+    """How recall objectives are scored (see :class:`hybridnas.proxies.recall.RecallConfig`):
+    the shrunk width and state, the learning-rate grid and steps per task, the tasks the
+    "recall" summary averages, and the recall family's sequence length and MQAR pairs."""
+
+    tasks: tuple[Literal[RECALL_OBJECTIVES[:-1]], ...] = ("mqar", "in_context_recall", "noisy_recall",  # type: ignore[valid-type]
+                                                          "selective_copying")
+    d_model: Annotated[int, Field(ge=8)] = 64
+    head_dim: Annotated[int, Field(ge=4)] = 16
+    d_state: Annotated[int, Field(ge=1)] | None = None
+    lrs: tuple[Annotated[float, Field(gt=0)], ...] = (1e-3, 3e-3)
+    steps: Annotated[int, Field(ge=1)] = 600
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    seq_len: Annotated[int, Field(ge=8)] | None = None
+    kv_pairs: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _buildable(self) -> RecallSettings:
+        if self.d_model % self.head_dim:
+            raise ValueError(f"d_model: {self.d_model} is not a multiple of head_dim={self.head_dim}")
+        if not self.tasks or not self.lrs:
+            raise ValueError("tasks and lrs need at least one entry each")
+        return self
 
 
 class SamplerConfig(_Section):
@@ -351,6 +389,7 @@ class StudyConfig(_Section):
     budget: BudgetConfig
     sampler: SamplerConfig = SamplerConfig()
     trainer: TrainConfig = TrainConfig()
+    recall: RecallSettings = RecallSettings()
 
     @field_validator("name")
     @classmethod

@@ -25,6 +25,7 @@ from ray.tune.search import Searcher
 
 from hybridnas.proxies import cost
 from hybridnas.search_space import ArchSpec
+from hybridnas.studies.config import LONG_CONTEXT_OBJECTIVES, RECALL_OBJECTIVES
 from hybridnas.studies.halving import ParetoHalving
 from hybridnas.studies.storage import ResultsStore, spec_columns
 from hybridnas.studies.worker import FINAL
@@ -220,8 +221,13 @@ class OptunaBridge(Searcher):
         for o in self.config.objectives:
             if o.name in ("decode_tokens_per_s", "prefill_tokens_per_s"):
                 measure.setdefault(o.name.split("_")[0], []).append(o.context)
+        names = {o.name for o in self.config.objectives}
+        recall_tasks = sorted({*(names & set(RECALL_OBJECTIVES[:-1])),
+                               *(self.config.recall.tasks if "recall" in names else ())})
         return {
             "spec": spec.to_dict(),
+            "recall": {**self.config.recall.model_dump(mode="json"), "tasks": recall_tasks} if recall_tasks else None,
+            "long_context": bool(names & set(LONG_CONTEXT_OBJECTIVES)),
             "budget_flops": self.config.budget.flops,
             "trainer": self.config.trainer.model_dump(mode="json", exclude={"rungs", "out_dir", "seed", "progress"}),
             "rungs": list(self.config.budget.rungs),
@@ -274,8 +280,9 @@ class OptunaBridge(Searcher):
         self.on_change()
 
     def _tell_final(self, number, spec, params, result, rungs) -> None:
+        proxies = {k: result[k] for k in (*RECALL_OBJECTIVES, *LONG_CONTEXT_OBJECTIVES) if result.get(k) is not None}
         metrics = {**static_objectives(spec, self.config.objectives, self.config.trainer.seq_len),
-                   **{k: v for k, v in result.items() if k.endswith("tokens_per_s") or "@" in k},
+                   **{k: v for k, v in result.items() if k.endswith("tokens_per_s") or "@" in k}, **proxies,
                    "val_loss": result.get("val_loss"),
                    "val_loss_seeds": json.loads(result.get("val_loss_seeds_json") or "[]")}
         values = objective_values(self.config.objectives, metrics) if result.get("status") == "complete" else None
@@ -285,7 +292,7 @@ class OptunaBridge(Searcher):
             "loss_curve": json.loads(result.get("loss_curve_json") or "null"),
             "config": json.loads(result.get("config_json") or "null"),
             "tokens": result.get("tokens"), "flops_spent": result.get("flops_spent"), "wall_s": result.get("wall_s"),
-            "hardware": result.get("hardware"),
+            "hardware": result.get("hardware"), **proxies,
         }
         if values is None:
             reason = result.get("failure") or result.get("speed_reason") or "an objective could not be measured"

@@ -13,6 +13,7 @@ from typing import Any
 
 import optuna
 
+from hybridnas.studies.config import MAXIMIZED
 from hybridnas.studies.halving import front_indices
 from hybridnas.studies.storage import TRIALS, ResultsStore, StorageError, normalize_url
 from hybridnas.studies.where import QueryError, parse_where
@@ -22,7 +23,6 @@ __all__ = ["QUERY_COLUMNS", "list_studies", "query_study", "format_rows", "Query
 # every scalar column; JSON ones (spec, metrics, rungs, curves) are shown only by --format json
 QUERY_COLUMNS = {c.name: c for c in TRIALS.columns if c.name not in ("id", "study", "spec", "versions", "config")
                  and c.type.__class__.__name__ != "JSON"}
-MAXIMIZED = ("decode_tokens_per_s", "prefill_tokens_per_s")
 TABLE_COLUMNS = ("trial", "status", "pattern", "fusion", "merge_op", "n_attn", "params", "val_loss")
 
 

@@ -89,6 +89,10 @@ TRIALS = Table(
     Column("cache_bytes", BigInteger),
     Column("decode_tokens_per_s", Float),
     Column("prefill_tokens_per_s", Float),
+    # recall proxies (accuracy at answer positions, shrunk model) and long-context probes
+    *(Column(name, Float) for name in ("mqar", "in_context_recall", "fuzzy_recall", "noisy_recall",
+                                        "selective_copying", "compression", "memorization", "recall",
+                                        "passkey", "val_loss_2x", "val_loss_4x")),
     Column("metrics", JSON),  # every objective and measured figure, by name
     Column("budget_flops", Float),
     Column("flops_spent", Float),

@@ -7,7 +7,9 @@ autotuned for one trial stay warm for the next.
 
 config keys (made by the driver): spec (ArchSpec dict), budget_flops, trainer (TrainConfig
 dict), rungs (budget fractions), seeds, measure (speed figures to take: {"decode": [ctx],
-"prefill": [ctx]}), trial_dir (absolute: Tune runs each trial in its own directory).
+"prefill": [ctx]}), recall (RecallSettings dict with the tasks to score, or None),
+long_context (probe the trained model), trial_dir (absolute: Tune runs each trial in its
+own directory).
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ def run_trial(config: dict) -> None:
 
     final = _summary(results)
     final.update(_measure(spec, config.get("measure") or {}, final["status"]))
+    if final["status"] == "complete":
+        final.update(_recall(spec, config.get("recall")))
+        final.update(_long_context(results[0], config["trainer"]) if config.get("long_context") else {})
     final.update({FINAL: True, "wall_s": time.perf_counter() - started, "hardware": _hardware()})
     tune.report(final)
 
@@ -104,6 +109,58 @@ def _measure(spec, wanted: dict, status: str) -> dict:
         for context in wanted.get(kind, []):
             out[f"{kind}_tokens_per_s@{context}"] = figures.get(context)
     return out
+
+
+def _recall(spec, settings: dict | None) -> dict:
+    """Recall objectives: the candidate's layout shrunk and trained on each synthetic task
+    (one after another here: the trial holds one worker's resources)."""
+    if not settings:
+        return {}
+    from hybridnas.proxies.recall import RecallConfig, score_recall
+
+    report = score_recall(spec, RecallConfig(**{**settings, "tasks": tuple(settings["tasks"]),
+                                                "lrs": tuple(settings["lrs"])}))
+    return {**report.tasks, "recall": report.score, "recall_json": json.dumps(report.to_dict())}
+
+
+def _long_context(result, trainer: dict) -> dict:
+    """Long-context probes of the trained model: passkey retrieval up to 2x the training
+    length and validation loss at 2x and 4x it."""
+    import torch
+
+    from hybridnas.model import HybridLM
+    from hybridnas.proxies.longctx import probe_long_context
+    from hybridnas.search_space import ArchSpec
+    from hybridnas.trainer import load_tokens
+
+    saved = torch.load(result.model_path, map_location="cpu", weights_only=True)
+    model = HybridLM(ArchSpec.from_dict(saved["spec"]))
+    model.load_state_dict(saved["model"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    data = load_tokens(trainer["corpus"], trainer["tokenizer"], trainer["vocab_size"], trainer["val_fraction"],
+                       trainer.get("cache_dir"))
+    factors = _passkey_factors(data.tokenizer, result.seq_len)
+    if not factors:
+        return {"failure": f"the passkey prompt does not fit in 2x the training length ({result.seq_len} tokens)"}
+    probes = probe_long_context(model.to(device), data, train_seq_len=result.seq_len, device=device,
+                                length_factors=factors)
+    return {"passkey": probes["passkey"], "val_loss_2x": probes.get("val_loss@2x"),
+            "val_loss_4x": probes.get("val_loss@4x"), "long_context_json": json.dumps(probes)}
+
+
+def _passkey_factors(tokenizer, seq_len: int) -> tuple[float, ...]:
+    """The probe's lengths (0.5x to 2x the training length) that can hold the needle and the
+    question: a short-context trial skips the shorter ones."""
+    from hybridnas.proxies.longctx import build_passkey_prompt
+
+    fits = []
+    for factor in (0.5, 1.0, 1.5, 2.0):
+        try:
+            build_passkey_prompt(tokenizer, int(factor * seq_len), 0.0, "12345")
+        except ValueError:
+            continue
+        fits.append(factor)
+    return tuple(fits)
 
 
 def _hardware() -> str:

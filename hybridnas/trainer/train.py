@@ -153,6 +153,7 @@ class TrainResult:
     spec: dict
     config: dict
     checkpoint: str | None = None  # the rung checkpoint a stopped run can resume from
+    model_path: str | None = None  # the trained weights (model.pt in out_dir) of a complete run
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -438,6 +439,9 @@ class _Run:
         )
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            if status == "complete":  # what probes of the trained model (long context) load
+                result.model_path = str(self.out_dir / "model.pt")
+                torch.save({"spec": self.spec.to_dict(), "model": self.model.state_dict()}, result.model_path)
             (self.out_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
         return result
 

@@ -1,0 +1,212 @@
+"""Recall proxies: a candidate's layout, shrunk, trained briefly on each synthetic task.
+
+At small scale pure Mamba-2 can beat hybrids on loss while failing at recall, which is what
+attention is kept for (Bae et al. 2025); a search that sees only loss picks the wrong
+frontier. So a candidate is also scored on MQAR and the MAD tasks
+(:mod:`hybridnas.proxies.synthetic`), as the Zoology and MAD papers do:
+
+- the candidate's own pattern at reduced width (:func:`reduced_spec`: d_model, heads and
+  state scaled down; merge, window, MoE and fusion choices kept), with the task's vocabulary;
+- per task, a short training run (``steps`` AdamW steps of ``batch_size`` sequences, warm-up
+  then cosine decay, loss at answer positions only) for each learning rate of a small grid,
+  since short-training rankings flip with the learning rate; each run keeps its best
+  held-out accuracy over its evaluations, and the task keeps its best run;
+- the summary score is the mean accuracy over the tasks.
+
+The cost is bounded: tasks x learning rates x steps x batch x sequence, fixed by
+:class:`RecallConfig` whatever the candidate. Tasks run in parallel as Ray tasks when asked
+(``parallel=True``; one CPU, or one GPU where there are GPUs, per task), else one after another.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from hybridnas.search_space import ArchSpec
+from hybridnas.proxies import synthetic
+
+__all__ = ["RecallConfig", "RecallReport", "RECALL_TASKS", "reduced_spec", "score_recall", "train_task"]
+
+RECALL_TASKS = synthetic.TASK_NAMES
+# the overrides --seq-len / --kv-pairs apply to: the tasks that recall keys in context
+RECALL_FAMILY = ("mqar", "in_context_recall", "fuzzy_recall", "noisy_recall")
+
+
+@dataclass(frozen=True)
+class RecallConfig:
+    """How a candidate is scored. The defaults train each task for seconds to a minute on a
+    CPU core at d_model 64; MAD uses width 128 and far longer training (raise ``steps``)."""
+
+    tasks: tuple[str, ...] = ("mqar", "in_context_recall", "noisy_recall", "selective_copying")
+    d_model: int = 64  # the reduced width (MAD: 128; Zoology sweeps 64-512)
+    head_dim: int = 16  # attention and SSM heads of this width: d_model / head_dim heads
+    d_state: int | None = None  # SSM state; None: the candidate's, scaled with the width
+    lrs: tuple[float, ...] = (1e-3, 3e-3)  # Zoology and MAD sweep a log grid
+    steps: int = 600
+    batch_size: int = 32
+    eval_every: int = 100
+    seq_len: int | None = None  # overrides for the recall family (mqar, *_recall)
+    kv_pairs: int | None = None
+    task_overrides: dict[str, dict] = field(default_factory=dict)  # {"mqar": {"vocab_size": 256}}
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.tasks if t not in RECALL_TASKS]
+        if unknown or not self.tasks:
+            raise ValueError(f"tasks: {', '.join(unknown) or 'none given'}: expected some of {', '.join(RECALL_TASKS)}")
+        for name, value in (("d_model", self.d_model), ("head_dim", self.head_dim), ("steps", self.steps),
+                            ("batch_size", self.batch_size), ("eval_every", self.eval_every)):
+            if value < 1:
+                raise ValueError(f"{name}={value}: must be at least 1")
+        if self.d_model % self.head_dim:
+            raise ValueError(f"d_model={self.d_model}: must be a multiple of head_dim={self.head_dim}")
+        if not self.lrs or any(lr <= 0 for lr in self.lrs):
+            raise ValueError(f"lrs={list(self.lrs)}: need at least one positive learning rate")
+        if self.d_state is not None and self.d_state < 1:
+            raise ValueError(f"d_state={self.d_state}: must be at least 1")
+
+    def settings(self, task: str) -> synthetic.TaskSettings:
+        """The task's settings: published defaults, then --seq-len / --kv-pairs (recall
+        family), then ``task_overrides``. ValueError naming the setting if infeasible."""
+        s = synthetic.default_settings(task)
+        changes = {}
+        if task in RECALL_FAMILY and self.seq_len is not None:
+            changes["seq_len"] = self.seq_len
+        if task == "mqar" and self.kv_pairs is not None:
+            changes["num_kv_pairs"] = self.kv_pairs
+        changes.update(self.task_overrides.get(task, {}))
+        return synthetic.with_overrides(s, **changes) if changes else s
+
+
+@dataclass
+class RecallReport:
+    """Per-task accuracy (best over the learning-rate grid), the mean as the score, and
+    every run's figures."""
+
+    tasks: dict[str, float]
+    score: float
+    runs: list[dict]  # [{"task", "lr", "accuracy", "loss", "steps"}]
+    spec: dict  # the reduced spec of the first task (its vocabulary differs per task)
+    wall_s: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def reduced_spec(spec: ArchSpec, config: RecallConfig, vocab_size: int) -> ArchSpec:
+    """``spec``'s pattern at ``config.d_model``: heads of ``config.head_dim`` (GQA groups
+    derived as usual), the SSM state ``config.d_state`` or the candidate's scaled with the
+    width, and every structural choice (merge, window, RoPE, MoE routing, expand) kept."""
+    d_state = config.d_state or max(4, round(spec.ssm.d_state * config.d_model / spec.d_model))
+    fields = {
+        "d_model": config.d_model,
+        "vocab_size": vocab_size,
+        "tie_embeddings": spec.tie_embeddings,
+        "attn": {"head_dim": config.head_dim, "window": spec.attn.window, "rope": spec.attn.rope,
+                 "rope_theta": spec.attn.rope_theta},
+        "ssm": {"d_state": d_state, "expand": spec.ssm.expand, "head_dim": config.head_dim,
+                "n_groups": spec.ssm.n_groups, "conv_kernel": spec.ssm.conv_kernel, "chunk_size": 64},
+        "hybrid": spec.hybrid.model_dump(),
+        "moe": {k: v for k, v in spec.moe.model_dump().items() if k != "d_expert"},
+    }
+    return ArchSpec.from_pattern(spec.pattern, **fields)
+
+
+def _device(config: RecallConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def train_task(spec: ArchSpec, data: synthetic.TaskData, lr: float, config: RecallConfig) -> dict:
+    """Train a fresh model of ``spec`` on ``data`` at ``lr``; {"accuracy": best held-out
+    accuracy over the evaluations, "loss": its answer loss, "steps": steps run}. Stops early
+    at perfect accuracy."""
+    from hybridnas.model import HybridLM
+
+    device = _device(config)
+    model = HybridLM(spec, seed=config.seed).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.1)
+    warmup = max(1, config.steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, step / config.steps))))
+    generator = torch.Generator().manual_seed(config.seed)
+    inputs, targets = data.train_inputs, data.train_targets
+    best = {"accuracy": 0.0, "loss": math.inf, "steps": 0}
+    for step in range(1, config.steps + 1):
+        model.train()
+        rows = torch.randint(0, len(inputs), (config.batch_size,), generator=generator)
+        loss, _ = synthetic.answer_metrics(model(inputs[rows].to(device)), targets[rows].to(device))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        model.update_moe_balance()
+        if step % config.eval_every == 0 or step == config.steps:
+            accuracy, test_loss = _evaluate(model, data, device)
+            if accuracy > best["accuracy"] or best["steps"] == 0:
+                best = {"accuracy": accuracy, "loss": test_loss, "steps": step}
+            if accuracy >= 1.0:
+                break
+    return best
+
+
+@torch.no_grad()
+def _evaluate(model, data: synthetic.TaskData, device: torch.device, chunk: int = 256) -> tuple[float, float]:
+    """(accuracy, loss) over every answer position of the held-out test set."""
+    model.eval()
+    correct = total = 0
+    loss_sum = 0.0
+    for start in range(0, len(data.test_inputs), chunk):
+        targets = data.test_targets[start : start + chunk].to(device)
+        logits = model(data.test_inputs[start : start + chunk].to(device))
+        answers = targets != synthetic.IGNORE
+        n = int(answers.sum())
+        if n == 0:
+            continue
+        loss, accuracy = synthetic.answer_metrics(logits, targets)
+        correct += accuracy * n
+        loss_sum += float(loss) * n
+        total += n
+    return (correct / total, loss_sum / total) if total else (0.0, math.inf)
+
+
+def _task_runs(spec_dict: dict, task: str, config: RecallConfig, one_thread: bool = False) -> list[dict]:
+    """Every learning rate of the grid on one task (one Ray task when parallel)."""
+    if one_thread:  # a Ray task holds one CPU: more threads would fight the other tasks
+        torch.set_num_threads(1)
+    spec = ArchSpec.from_dict(spec_dict)
+    settings = config.settings(task)
+    data = synthetic.make_task(settings, seed=config.seed)
+    small = reduced_spec(spec, config, settings.vocab_size)
+    return [{"task": task, "lr": lr, **train_task(small, data, lr, config)} for lr in config.lrs]
+
+
+def score_recall(spec: ArchSpec, config: RecallConfig | None = None, *, parallel: bool = False) -> RecallReport:
+    """Score ``spec`` on ``config.tasks``. ``parallel``: one Ray task per synthetic task
+    (starts a local Ray if none is running)."""
+    config = config or RecallConfig()
+    started = time.perf_counter()
+    for task in config.tasks:  # bad settings and unbuildable layouts fail here, before any training
+        reduced_spec(spec, config, config.settings(task).vocab_size)
+    if parallel:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        gpu = 1 if ray.cluster_resources().get("GPU", 0) else 0
+        job = ray.remote(num_cpus=1, num_gpus=gpu)(_task_runs)
+        batches = ray.get([job.remote(spec.to_dict(), t, config, not gpu) for t in config.tasks])
+        runs = [r for batch in batches for r in batch]
+    else:
+        runs = [r for t in config.tasks for r in _task_runs(spec.to_dict(), t, config)]
+    tasks = {t: max(r["accuracy"] for r in runs if r["task"] == t) for t in config.tasks}
+    first = reduced_spec(spec, config, config.settings(config.tasks[0]).vocab_size)
+    return RecallReport(tasks=tasks, score=sum(tasks.values()) / len(tasks), runs=runs, spec=first.to_dict(),
+                        wall_s=time.perf_counter() - started)
