@@ -33,6 +33,7 @@ from hybridnas.studies.worker import FINAL
 __all__ = ["OptunaBridge", "ParetoScheduler", "Tally", "objective_values", "static_objectives"]
 
 STATIC = ("params", "params_active", "train_flops", "cache_bytes")  # known before training
+REUSED = ("val_loss", "metrics", "rungs", "loss_curve", "decode_tokens_per_s", "prefill_tokens_per_s")  # a twin's
 
 
 @dataclass
@@ -188,7 +189,8 @@ class OptunaBridge(Searcher):
                 self.study.tell(trial, twin.values)
             row = self._twin_row(twin.number)
             self._write(trial.number, spec, params, status="pruned" if pruned else "complete", reused_from=twin.number,
-                        baseline=baseline, **{k: row[k] for k in ("val_loss", "metrics", "rungs", "loss_curve") if row})
+                        baseline=baseline, **{k: row[k] for k in (*REUSED, *RECALL_OBJECTIVES, *LONG_CONTEXT_OBJECTIVES)
+                                              if k in row})
             self.tally.reused += 1
             if pruned:
                 self.tally.pruned += 1
@@ -227,7 +229,7 @@ class OptunaBridge(Searcher):
         return {
             "spec": spec.to_dict(),
             "recall": {**self.config.recall.model_dump(mode="json"), "tasks": recall_tasks} if recall_tasks else None,
-            "long_context": bool(names & set(LONG_CONTEXT_OBJECTIVES)),
+            "long_context": sorted(names & set(LONG_CONTEXT_OBJECTIVES)),
             "budget_flops": self.config.budget.flops,
             "trainer": self.config.trainer.model_dump(mode="json", exclude={"rungs", "out_dir", "seed", "progress"}),
             "rungs": list(self.config.budget.rungs),

@@ -71,7 +71,7 @@ def run_trial(config: dict) -> None:
     final.update(_measure(spec, config.get("measure") or {}, final["status"]))
     if final["status"] == "complete":
         final.update(_recall(spec, config.get("recall")))
-        final.update(_long_context(results[0], config["trainer"]) if config.get("long_context") else {})
+        final.update(_long_context(results[0], config["trainer"], config["long_context"]) if config.get("long_context") else {})
     final.update({FINAL: True, "wall_s": time.perf_counter() - started, "hardware": _hardware()})
     tune.report(final)
 
@@ -123,13 +123,13 @@ def _recall(spec, settings: dict | None) -> dict:
     return {**report.tasks, "recall": report.score, "recall_json": json.dumps(report.to_dict())}
 
 
-def _long_context(result, trainer: dict) -> dict:
-    """Long-context probes of the trained model: passkey retrieval up to 2x the training
-    length and validation loss at 2x and 4x it."""
+def _long_context(result, trainer: dict, wanted: list[str]) -> dict:
+    """The long-context probes ``wanted`` asks for, of the trained model: passkey retrieval
+    up to 2x the training length, validation loss at 2x and 4x it."""
     import torch
 
     from hybridnas.model import HybridLM
-    from hybridnas.proxies.longctx import probe_long_context
+    from hybridnas.proxies.longctx import length_extrapolation, passkey_probe
     from hybridnas.search_space import ArchSpec
     from hybridnas.trainer import load_tokens
 
@@ -139,13 +139,20 @@ def _long_context(result, trainer: dict) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     data = load_tokens(trainer["corpus"], trainer["tokenizer"], trainer["vocab_size"], trainer["val_fraction"],
                        trainer.get("cache_dir"))
-    factors = _passkey_factors(data.tokenizer, result.seq_len)
-    if not factors:
-        return {"failure": f"the passkey prompt does not fit in 2x the training length ({result.seq_len} tokens)"}
-    probes = probe_long_context(model.to(device), data, train_seq_len=result.seq_len, device=device,
-                                length_factors=factors)
-    return {"passkey": probes["passkey"], "val_loss_2x": probes.get("val_loss@2x"),
-            "val_loss_4x": probes.get("val_loss@4x"), "long_context_json": json.dumps(probes)}
+    model = model.to(device)
+    out = {}
+    if "passkey" in wanted:
+        factors = _passkey_factors(data.tokenizer, result.seq_len)
+        if not factors:
+            return {"failure": f"the passkey prompt does not fit in 2x the training length ({result.seq_len} tokens)"}
+        report = passkey_probe(model, data.tokenizer, train_seq_len=result.seq_len, length_factors=factors,
+                               device=device)
+        out.update(passkey=report.score, passkey_json=json.dumps(report.to_dict()))
+    factors = tuple(int(name[len("val_loss_"):-1]) for name in wanted if name.startswith("val_loss_"))
+    if factors:
+        losses = length_extrapolation(model, data, train_seq_len=result.seq_len, factors=factors, device=device)
+        out.update({f"val_loss_{f}x": losses.get(f) for f in factors})
+    return out
 
 
 def _passkey_factors(tokenizer, seq_len: int) -> tuple[float, ...]:

@@ -1,0 +1,120 @@
+"""The recall protocol: shrunk layouts, the MQAR gap between attention and a small-state
+Mamba-2, parallel tasks on Ray, recall objectives in a study, and `hybridnas proxy recall`."""
+
+import json
+import re
+
+import optuna
+import pytest
+
+from hybridnas import ArchSpec
+from hybridnas.cli import main
+from hybridnas.proxies.recall import RecallConfig, reduced_spec, score_recall
+from study_files import run_study, tiny_preset
+
+# MQAR at sequence 64 with 4 pairs (Zoology's smallest setting) on a 128-token vocabulary,
+# so a CPU trains it in a minute or two
+MQAR_64_4 = {"tasks": ("mqar",), "d_model": 64, "head_dim": 16, "lrs": (3e-3,), "steps": 2500, "batch_size": 64,
+             "eval_every": 250, "seq_len": 64, "kv_pairs": 4,
+             "task_overrides": {"mqar": {"vocab_size": 128, "n_train": 20000}}}
+
+
+@pytest.mark.slow
+def test_mqar_separates_two_attention_layers_from_a_small_state_mamba():
+    """Two attention layers solve MQAR; two Mamba-2 layers with a 4-wide state cannot hold
+    four key-value pairs (Zoology's finding), under the same training."""
+    attention = score_recall(ArchSpec.from_pattern("**", d_model=64), RecallConfig(**MQAR_64_4))
+    mamba = score_recall(ArchSpec.from_pattern("MM", d_model=64), RecallConfig(**MQAR_64_4, d_state=4))
+    assert attention.tasks["mqar"] >= 0.9, attention.runs
+    assert mamba.tasks["mqar"] <= attention.tasks["mqar"] - 0.3, mamba.runs
+
+
+def test_reduced_spec_keeps_the_layout_and_its_choices():
+    spec = ArchSpec.from_pattern("M-H-W-E", d_model=512, hybrid={"merge": "merge_attention", "norm": "rms"},
+                                 attn={"window": 128}, moe={"n_experts": 4, "top_k": 2, "n_shared": 0})
+    small = reduced_spec(spec, RecallConfig(d_model=64), vocab_size=32)
+    assert small.pattern == spec.pattern and small.d_model == 64 and small.vocab_size == 32
+    assert small.hybrid == spec.hybrid and small.attn.window == 128
+    assert (small.moe.n_experts, small.moe.top_k, small.moe.n_shared) == (4, 2, 0)
+    assert small.ssm.d_state == 16  # 128 scaled by 64 / 512
+    assert reduced_spec(spec, RecallConfig(d_model=64, d_state=4), 32).ssm.d_state == 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tasks": ("nope",)}, "tasks: nope: expected some of mqar"),
+        ({"d_model": 60}, "d_model=60: must be a multiple of head_dim=16"),
+        ({"lrs": ()}, "lrs=[]: need at least one"),
+        ({"steps": 0}, "steps=0: must be at least 1"),
+    ],
+)
+def test_bad_recall_settings_name_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RecallConfig(**kwargs)
+
+
+def test_tasks_run_in_parallel_on_ray_as_they_do_in_sequence():
+    ray = pytest.importorskip("ray")
+    config = RecallConfig(tasks=("in_context_recall", "compression"), steps=20, eval_every=10, lrs=(3e-3,),
+                          task_overrides={"in_context_recall": {"n_train": 200, "n_test": 50},
+                                          "compression": {"n_train": 200, "n_test": 50}})
+    spec = ArchSpec.from_pattern("M-*-", d_model=64)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        parallel = score_recall(spec, config, parallel=True)
+    finally:
+        ray.shutdown()
+    sequential = score_recall(spec, config)
+    assert set(parallel.tasks) == set(sequential.tasks) == {"in_context_recall", "compression"}
+    for task in parallel.tasks:
+        assert 0 <= parallel.tasks[task] <= 1
+        assert parallel.tasks[task] == pytest.approx(sequential.tasks[task], abs=0.05)
+    assert parallel.score == pytest.approx(sum(parallel.tasks.values()) / 2)
+
+
+def test_cli_prints_the_json_the_issue_names(capsys):
+    code = main(["proxy", "recall", "M-*-", "--tasks", "in_context_recall,selective_copying", "--steps", "10",
+                 "--lrs", "3e-3", "--sequential", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and set(out) == {"tasks", "score"}
+    assert set(out["tasks"]) == {"in_context_recall", "selective_copying"}
+    assert out["score"] == pytest.approx(sum(out["tasks"].values()) / 2)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tasks", "nope"], "error: tasks: nope"),
+        (["--tasks", "mqar", "--seq-len", "64", "--kv-pairs", "40"], "error: task mqar: seq_len=64"),
+        (["--lrs", "fast"], "error: --lrs=fast"),
+        (["--d-model", "60"], "error: d_model=60"),
+    ],
+)
+def test_cli_bad_input_is_one_line(capsys, args, message):
+    code = main(["proxy", "recall", "M-*-", "--sequential", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_a_study_can_maximise_recall_and_minimise_extrapolated_loss(tmp_path):
+    """Objectives val_loss, mqar (maximised) and val_loss_2x: every complete trial carries
+    them in Optuna's values and in the table's columns, which query can filter on."""
+    pytest.importorskip("ray")
+    objectives = '[[objectives]]\nname = "val_loss"\n\n[[objectives]]\nname = "params"\n'
+    text = tiny_preset("recall", (objectives, (
+        '[[objectives]]\nname = "val_loss"\n\n[[objectives]]\nname = "mqar"\n\n'
+        '[[objectives]]\nname = "val_loss_2x"\n\n'
+        '[recall]\nsteps = 10\nlrs = [3e-3]\nd_model = 32\nbatch_size = 16\n')))
+    url = run_study(text, tmp_path, trials=2)
+    study = optuna.load_study(study_name="recall", storage=url)
+    assert study.directions[1] == optuna.study.StudyDirection.MAXIMIZE
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete and all(len(t.values) == 3 and 0 <= t.values[1] <= 1 for t in complete)
+    assert main(["query", "recall", "--storage", url, "--where", "mqar >= 0", "--format", "json"]) == 0
+    from hybridnas.studies.storage import ResultsStore
+
+    store = ResultsStore(url)
+    rows = [r for r in store.rows("recall") if r["status"] == "complete"]
+    store.dispose()
+    assert rows and all(r["mqar"] is not None and r["val_loss_2x"] > 0 for r in rows)
