@@ -24,6 +24,7 @@ from dash import ALL, Input, Output, State, dcc, html
 
 from hybridnas.analysis import figures
 from hybridnas.analysis.study import DIMENSIONS, ObjectiveRef, list_studies, load_study, load_trial
+from hybridnas.studies.storage import status_counts
 
 __all__ = ["create_app", "serve"]
 
@@ -129,7 +130,7 @@ def _pareto(data, study: str, labels: list[str], chosen: list, view: dict | None
     if view and view.get("key") == key:  # the user's zoom, kept across refreshes
         figure.update_layout({axis: {"range": view[axis]} for axis in ("xaxis", "yaxis") if view.get(axis)})
     shown = sum(len(t.x) for t in figure.data if t.name not in ("Pareto front", "knee", "baselines"))
-    counts = {s: sum(r["status"] == s for r in data.rows) for s in ("complete", "pruned", "fail", "running")}
+    counts = status_counts(data.rows)
     summary = (f"{len(data.rows)} trials: {counts['complete']} complete, {counts['running']} running, "
                f"{counts['pruned']} pruned, {counts['fail']} failed; {shown} points shown")
     return figure, html.Span(summary, id="summary-text", **{"data-points": str(shown)})

@@ -17,6 +17,7 @@ import plotly.io as pio
 from hybridnas.analysis import figures, pareto
 from hybridnas.analysis.effects import effect_summary, param_importances
 from hybridnas.analysis.study import StudyData, load_study, objective_value
+from hybridnas.studies.storage import status_counts
 
 __all__ = ["render_report", "write_report"]
 
@@ -90,7 +91,7 @@ def _importance(storage: str, study: str) -> dict | str:
 
 
 def _counts(data: StudyData) -> str:
-    counts = {s: sum(r["status"] == s for r in data.rows) for s in ("complete", "pruned", "fail", "running")}
+    counts = status_counts(data.rows)
     return "<p>" + ", ".join(f"{n} {s}" for s, n in counts.items()) + "</p>"
 
 

@@ -21,7 +21,7 @@ from functools import lru_cache
 import numpy as np
 
 from hybridnas.studies.config import MAXIMIZED, OBJECTIVES
-from hybridnas.studies.storage import TRIALS, ResultsStore, normalize_url
+from hybridnas.studies.storage import TRIALS, ResultsStore, normalize_url, with_metrics
 
 __all__ = [
     "DIMENSIONS",
@@ -148,11 +148,7 @@ def load_study(storage: str, study: str, *, full: bool = False) -> StudyData:
             raise LookupError(f"no study {study!r} in {storage} (studies: {', '.join(names) or 'none'})")
     finally:
         store.dispose()
-    for row in rows:
-        for key, value in (row.get("metrics") or {}).items():
-            if row.get(key) is None:
-                row[key] = value
-    return StudyData(study, study_objectives(storage, study), rows)
+    return StudyData(study, study_objectives(storage, study), [with_metrics(row) for row in rows])
 
 
 def load_trial(storage: str, study: str, trial: int) -> dict | None:

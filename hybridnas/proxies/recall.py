@@ -193,8 +193,8 @@ def score_recall(spec: ArchSpec, config: RecallConfig | None = None, *, parallel
     (starts a local Ray if none is running)."""
     config = config or RecallConfig()
     started = time.perf_counter()
-    for task in config.tasks:  # bad settings and unbuildable layouts fail here, before any training
-        reduced_spec(spec, config, config.settings(task).vocab_size)
+    # bad settings and unbuildable layouts fail here, before any training
+    shrunk = [reduced_spec(spec, config, config.settings(task).vocab_size) for task in config.tasks]
     if parallel:
         import ray
 
@@ -207,6 +207,5 @@ def score_recall(spec: ArchSpec, config: RecallConfig | None = None, *, parallel
     else:
         runs = [r for t in config.tasks for r in _task_runs(spec.to_dict(), t, config)]
     tasks = {t: max(r["accuracy"] for r in runs if r["task"] == t) for t in config.tasks}
-    first = reduced_spec(spec, config, config.settings(config.tasks[0]).vocab_size)
-    return RecallReport(tasks=tasks, score=sum(tasks.values()) / len(tasks), runs=runs, spec=first.to_dict(),
+    return RecallReport(tasks=tasks, score=sum(tasks.values()) / len(tasks), runs=runs, spec=shrunk[0].to_dict(),
                         wall_s=time.perf_counter() - started)

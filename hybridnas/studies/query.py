@@ -15,7 +15,7 @@ import optuna
 
 from hybridnas.studies.config import MAXIMIZED
 from hybridnas.studies.halving import front_indices
-from hybridnas.studies.storage import TRIALS, ResultsStore, StorageError, normalize_url
+from hybridnas.studies.storage import TRIALS, ResultsStore, StorageError, normalize_url, status_counts, with_metrics
 from hybridnas.studies.where import QueryError, parse_where
 
 __all__ = ["QUERY_COLUMNS", "list_studies", "query_study", "format_rows", "QueryError"]
@@ -39,7 +39,7 @@ def list_studies(storage: str) -> list[dict[str, Any]]:
     out = []
     for summary in optuna.get_all_study_summaries(normalize_url(storage), include_best_trial=False):
         rows = store.rows(summary.study_name)
-        counts = {s: sum(r["status"] == s for r in rows) for s in ("complete", "pruned", "fail", "running")}
+        counts = status_counts(rows)
         losses = [r["val_loss"] for r in rows if r["status"] == "complete" and r["val_loss"] is not None]
         out.append({"study": summary.study_name, "trials": summary.n_trials, **counts,
                     "best_val_loss": min(losses) if losses else None})
@@ -67,8 +67,7 @@ def query_study(storage: str, study: str, *, where: str | None = None, pareto: l
         rows = store.rows(study, where=condition, order_by=order)
     finally:
         store.dispose()
-    for row in rows:
-        row.update({k: v for k, v in (row.get("metrics") or {}).items() if k not in row or row[k] is None})
+    rows = [with_metrics(row) for row in rows]
     if pareto:
         rows = _first_front(rows, pareto)
     return rows

@@ -40,7 +40,8 @@ from sqlalchemy.exc import ArgumentError
 
 from hybridnas.search_space import ArchSpec
 
-__all__ = ["TRIALS", "ResultsStore", "StorageError", "normalize_url", "spec_columns"]
+__all__ = ["STATUSES", "TRIALS", "ResultsStore", "StorageError", "normalize_url", "spec_columns", "status_counts",
+           "with_metrics"]
 
 
 class StorageError(ValueError):
@@ -226,6 +227,21 @@ class ResultsStore:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+STATUSES = ("complete", "pruned", "fail", "running")  # Optuna's states, as the table spells them
+
+
+def status_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """{status: number of rows} for every status in STATUSES."""
+    return {s: sum(r["status"] == s for r in rows) for s in STATUSES}
+
+
+def with_metrics(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with each metric in its ``metrics`` JSON copied to the top level where the row
+    has no value of that name (a column left empty, or a metric without a column)."""
+    row.update({k: v for k, v in (row.get("metrics") or {}).items() if row.get(k) is None})
+    return row
 
 
 def spec_columns(spec: ArchSpec, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
