@@ -1,7 +1,6 @@
 """Effect summaries and figures against brute force on random rows shaped like the study table."""
 
 import itertools
-import json
 import math
 import random
 import statistics
@@ -68,18 +67,27 @@ def test_pareto_figure_draws_the_front_of_the_complete_trials():
         complete = [r for r in rows if r["status"] == "complete" and r["val_loss"] is not None]
         points = np.array([[r["val_loss"], r["params"]] for r in complete])
         brute = [i for i, p in enumerate(points) if not any((q <= p).all() and (q < p).any() for q in points)]
-        assert sorted(int(c[0]) for c in front.customdata) == sorted(complete[i]["trial"] for i in brute)
+        assert sorted(int(c) for c in front.customdata) == sorted(complete[i]["trial"] for i in brute)
         trials = sum(len(t.x) for t in figure.data if t.name.endswith("fusion") or t.name == "pure")
         assert trials == len(complete)
         stars = next(t for t in figure.data if t.name == "baselines")
         assert list(stars.text) == ["mamba2"]
     html_figure = figures.pareto_figure(data, rows, objectives, hover="html")
     label = html_figure.data[0].hovertext[0]
-    pattern = next(r for r in rows if r["trial"] == html_figure.data[0].customdata[0][0])["pattern"]
+    pattern = next(r for r in rows if r["trial"] == html_figure.data[0].customdata[0])["pattern"]
     assert label.count("█") == len(pattern)  # one cell per layer
     data_figure = figures.pareto_figure(data, rows, objectives, hover="data")
-    assert data_figure.data[0].hoverinfo == "none" and data_figure.data[0].customdata[0][1] == pattern
-    assert len(json.dumps(data_figure.to_plotly_json(), default=str)) < len(json.dumps(html_figure.to_plotly_json(), default=str))
+    assert data_figure.data[0].hoverinfo == "none"
+    meta = data_figure.layout.meta
+    assert meta["objectives"] == ["val_loss", "params"]
+    for trace in data_figure.data:  # every point's trial has its layout, and only its own
+        for trial in trace.customdata:
+            layout, *third = meta["points"][str(trial)]
+            row = next(r for r in rows if r["trial"] == trial)
+            assert meta["layouts"][layout][0] == row["pattern"] and row["fusion"] in meta["layouts"][layout][1]
+            assert third == []
+    assert len(meta["layouts"]) == len({figures._described(r) for r in complete})
+    assert len(data_figure.to_json()) < len(html_figure.to_json())
 
 
 def test_three_objectives_colour_by_the_third_and_bad_counts_are_refused():
@@ -87,6 +95,9 @@ def test_three_objectives_colour_by_the_third_and_bad_counts_are_refused():
     objectives = [ObjectiveRef("val_loss"), ObjectiveRef("params"), ObjectiveRef.parse("decode_tokens_per_s@8192")]
     data = StudyData("s", objectives, rows)
     figure = figures.pareto_figure(data, rows, objectives)
+    points = figures.pareto_figure(data, rows, objectives, hover="data").layout.meta["points"]
+    third = [points[str(trial)][1] for trial in figure.data[0].customdata]  # the hover's third value
+    assert third == list(figure.data[0].marker.color)
     assert figure.data[0].marker.showscale and "decode_tokens_per_s@8192 ↑" in figure.data[0].marker.colorbar.title.text
     values = data.values(objectives, [r for r in rows if r["status"] == "complete" and r["val_loss"] is not None])
     front = next(t for t in figure.data if t.name == "Pareto front")

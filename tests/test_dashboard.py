@@ -160,8 +160,7 @@ def test_a_filter_changes_the_number_of_points(page):
     everything = _points(page)
     fusion = page.locator('[id=\'{"dim":"fusion","type":"filter"}\']')
     fusion.click()
-    page.keyboard.type("none")
-    page.keyboard.press("Enter")
+    page.get_by_role("option", name="none", exact=True).click()  # typed text can race the menu opening
     page.keyboard.press("Escape")
     page.wait_for_function(
         f"document.querySelector('#summary-text').dataset.points !== '{everything}'", timeout=30_000)
@@ -173,10 +172,39 @@ def test_a_filter_changes_the_number_of_points(page):
         f"document.querySelector('#summary-text').dataset.points === '{everything}'", timeout=30_000)
 
 
-def test_zoom_survives_the_live_refresh(page):
-    """A box zoom drawn with the mouse, then four refreshes (every 0.5 s): the new figures
-    keep the zoomed range (their uirevision is unchanged), a double click resets it."""
-    graph = "document.querySelector('#pareto .js-plotly-plot')"
+def _touch(url: str) -> None:
+    """Write a row again, as a running study's driver does with each result."""
+    from hybridnas.studies.storage import ResultsStore
+
+    store = ResultsStore(url)
+    store.upsert({k: v for k, v in store.rows("dash")[0].items() if k != "id"})
+    store.dispose()
+
+
+GRAPH = "document.querySelector('#pareto .js-plotly-plot')"
+
+
+def _count_redraws(page) -> None:
+    page.evaluate(f"({GRAPH}.__redraws = 0, {GRAPH}.__counting || {GRAPH}.on('plotly_afterplot', () => {GRAPH}.__redraws++),"
+                  f" {GRAPH}.__counting = true)")
+
+
+def test_refreshes_redraw_only_a_changed_study(page, study_url):
+    """Every 0.5 s the page asks for the plot again: an unchanged study sends nothing back
+    (the figure is not sent, nor drawn, again); a row written anew redraws it."""
+    _points(page)
+    _count_redraws(page)
+    page.wait_for_timeout(2500)  # five refreshes
+    assert page.evaluate(f"{GRAPH}.__redraws") == 0
+    _touch(study_url)
+    page.wait_for_function(f"{GRAPH}.__redraws > 0", timeout=10_000)
+    assert _points(page) == 6 - _reused(study_url)
+
+
+def test_zoom_survives_the_live_refresh(page, study_url):
+    """A box zoom drawn with the mouse, then refreshes of a study that keeps changing: the
+    new figures keep the zoomed range, a double click resets it."""
+    graph = GRAPH
     _points(page)
     full = page.evaluate(f"{graph}._fullLayout.xaxis.range")
     box = page.locator("#pareto .nsewdrag").first.bounding_box()
@@ -190,12 +218,30 @@ def test_zoom_survives_the_live_refresh(page):
     page.wait_for_timeout(1500)
     zoomed = page.evaluate(f"{graph}._fullLayout.xaxis.range")
     assert zoomed[1] - zoomed[0] < 0.5 * (full[1] - full[0])
-    redraws = page.evaluate(f"({graph}.__redraws = 0, {graph}.on('plotly_afterplot', () => {graph}.__redraws++), 0)")
-    page.wait_for_timeout(2500)
-    assert page.evaluate(f"{graph}.__redraws") > redraws  # the refreshes did redraw it
+    _count_redraws(page)
+    for _ in range(3):  # the study changes: each refresh draws a new figure
+        _touch(study_url)
+        page.wait_for_timeout(800)
+    assert page.evaluate(f"{graph}.__redraws") > 0  # the refreshes did redraw it
     assert page.evaluate(f"{graph}._fullLayout.xaxis.range") == pytest.approx(zoomed)
     page.mouse.dblclick(box["x"] + 0.5 * box["width"], box["y"] + 0.5 * box["height"])
     page.wait_for_function(f"{graph}._fullLayout.xaxis.range[0] === {full[0]}")
+
+
+def test_the_analysis_tabs_draw_when_opened(page, study_url):
+    """Below the plot nothing is drawn until a tab is opened: the first page is the plot."""
+    _points(page)
+    assert page.locator("#effect").count() == 0 and page.locator("#hypervolume").count() == 0
+    page.get_by_text("effects", exact=True).click()
+    page.wait_for_selector("#effect .boxlayer .trace", timeout=30_000)
+    fusions = {r["fusion"] for r in _rows(study_url) if r["status"] == "complete"}
+    page.locator("#effect-dim").click()
+    page.get_by_role("option", name="fusion", exact=True).click()
+    page.wait_for_function(f"document.querySelectorAll('#effect .boxlayer .trace').length === {len(fusions)}",
+                           timeout=30_000)
+    page.get_by_text("hypervolume", exact=True).click()
+    page.wait_for_selector("#hypervolume .scatterlayer .trace", timeout=30_000)
+    assert "hypervolume over trials" in page.inner_text("#hypervolume")
 
 
 def test_clicking_a_point_opens_its_trial_panel(page, study_url):

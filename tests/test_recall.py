@@ -9,7 +9,7 @@ import pytest
 
 from hybridnas import ArchSpec
 from hybridnas.cli import main
-from hybridnas.proxies.recall import RecallConfig, reduced_spec, score_recall
+from hybridnas.proxies.recall import RecallConfig, gpu_share, reduced_spec, score_recall
 from study_files import run_study, tiny_preset
 
 # MQAR at sequence 64 with 4 pairs (Zoology's smallest setting) on a 128-token vocabulary,
@@ -71,6 +71,18 @@ def test_tasks_run_in_parallel_on_ray_as_they_do_in_sequence():
         assert 0 <= parallel.tasks[task] <= 1
         assert parallel.tasks[task] == pytest.approx(sequential.tasks[task], abs=0.05)
     assert parallel.score == pytest.approx(sum(parallel.tasks.values()) / 2)
+
+
+@pytest.mark.parametrize(("gpus", "tasks"), [(1, 7), (1, 3), (1, 4), (2, 7), (8, 4), (0, 4)])
+def test_gpu_shares_let_every_task_run_at_once(gpus, tasks):
+    share = gpu_share(gpus, tasks)
+    assert share == round(share, 4)  # Ray's precision
+    if not gpus:
+        assert share == 0
+    elif gpus >= tasks:
+        assert share == 1
+    else:  # all fit at once, and no more than the rounding is left idle
+        assert tasks * share <= gpus < tasks * (share + 1e-4)
 
 
 def test_cli_prints_the_json_the_issue_names(capsys):

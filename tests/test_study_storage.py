@@ -79,6 +79,24 @@ def test_a_readonly_store_reads_and_cannot_write(database_url):
     writer.dispose()
 
 
+def test_the_version_changes_with_every_write_and_only_then(database_url):
+    """What the dashboard compares to know its copy of a study is stale."""
+    writer = ResultsStore(database_url)
+    writer.create()
+    reader = ResultsStore(database_url, readonly=True)
+    seen = [reader.version("s")]
+    writer.upsert(row(0, INTER, status="running"))
+    seen.append(reader.version("s"))
+    writer.upsert(row(0, INTER, val_loss=3.0))  # the same row again, now complete
+    seen.append(reader.version("s"))
+    writer.upsert(row(1, INTRA))
+    seen.append(reader.version("s"))
+    assert len(set(seen)) == 4
+    assert reader.version("s") == seen[-1] and reader.version("other") == seen[0]  # unchanged: the same
+    reader.dispose()
+    writer.dispose()
+
+
 def test_an_older_table_gains_new_columns_and_reads_as_none(tmp_path):
     """A study database written before a column existed: readers see None for it, and
     create() (a resumed driver) adds it, keeping every row."""

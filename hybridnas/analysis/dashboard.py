@@ -1,7 +1,7 @@
 """``hybridnas dashboard``: a Dash app over a study database, read-only.
 
     top:     study, the 2 or 3 objectives to plot, a filter for every search dimension
-    middle:  the Pareto plot (refreshed every few seconds while a study runs; the zoom stays:
+    middle:  the Pareto plot (redrawn when a refresh finds the study changed; the zoom stays:
              the app remembers the axes' ranges of the last zoom or pan and draws each new
              figure with them, until a double click, or another study or objectives)
     right:   the trial panel of the clicked point: layout, metrics, loss curves, config, and
@@ -21,10 +21,11 @@ import time
 import dash
 import plotly.graph_objects as go
 from dash import ALL, Input, Output, State, dcc, html
+from dash.exceptions import PreventUpdate
 
 from hybridnas.analysis import figures
-from hybridnas.analysis.study import DIMENSIONS, ObjectiveRef, list_studies, load_study, load_trial
-from hybridnas.studies.storage import status_counts
+from hybridnas.analysis.study import DIMENSIONS, ObjectiveRef, StudyData, list_studies, load_study, load_trial
+from hybridnas.studies.storage import ResultsStore, status_counts
 
 __all__ = ["create_app", "serve"]
 
@@ -36,16 +37,22 @@ FILTER_STYLE = {"width": "190px", "display": "inline-block", "marginRight": "8px
 def create_app(storage: str, *, refresh_s: float = 5.0, study: str | None = None) -> dash.Dash:
     """The dashboard over the database at ``storage``; ``study`` is shown first if given.
 
-    The first page arrives drawn: each page load renders the first study's Pareto plot and
-    controls on the server (one request instead of a chain of callbacks, which is what keeps
-    a 10,000-trial study's first page under two seconds)."""
+    The first page arrives drawn: the server renders the first study's Pareto plot and
+    controls into the page (one request instead of a chain of callbacks), keeps that page
+    until the study changes, and the browser fetches plotly.js while it waits for it."""
     app = dash.Dash(__name__, title="hybridnas dashboard", suppress_callback_exceptions=True)
-    load = _StudyCache(storage, max_age_s=refresh_s / 2)
+    app.index_string = app.index_string.replace("{%css%}", "{%css%}" + _preload_plotly(app))
+    load = _StudyCache(storage, check_s=refresh_s / 2)
+    built: dict = {}
 
     def page() -> html.Div:  # Dash calls a layout function on every page load
         names = list_studies(storage)
         first = study if study in names else (names[0] if names else None)
-        return _layout(storage, names, first, refresh_s, load(first) if first else None)
+        data = load(first) if first else None
+        key = (tuple(names), first, data.version if data else None)
+        if built.get("key") != key:
+            built.update(key=key, page=_layout(storage, names, first, refresh_s, data))
+        return built["page"]
 
     app.layout = page
     _callbacks(app, storage, load)
@@ -56,7 +63,8 @@ def _layout(storage: str, names: list[str], first: str | None, refresh_s: float,
     """The page, with the first study's controls, plot and summary filled in."""
     controls = _controls(data)
     labels = controls["objectives"]
-    figure, summary = _pareto(data, first, labels, [[] for _ in DIMENSIONS], None) if data else (go.Figure(), "")
+    no_filters = [[] for _ in DIMENSIONS]
+    figure, summary = _pareto(data, first, labels, no_filters, None) if data else (go.Figure(), "")
     filters = [
         html.Div([html.Label(d, style={"fontWeight": "bold"}),
                   dcc.Dropdown(id={"type": "filter", "dim": d}, options=options, value=[], multi=True,
@@ -86,10 +94,13 @@ def _layout(storage: str, names: list[str], first: str | None, refresh_s: float,
         ]),
         dcc.Store(id="selected"),
         dcc.Store(id="view"),
+        dcc.Store(id="drawn", data=_drawn_key(data, labels, no_filters) if data else None),
         dcc.Download(id="download-spec"),
         dcc.Interval(id="refresh", interval=int(refresh_s * 1000)),
-        dcc.Tabs(style={"marginTop": "12px"}, children=[
-            dcc.Tab(label="effects", children=html.Div(style=PANEL_STYLE, children=[
+        # no tab open at first: the first page is the Pareto plot, and the analyses below it
+        # are computed and drawn when their tab is opened
+        dcc.Tabs(id="analysis-tabs", value=None, style={"marginTop": "12px"}, children=[
+            dcc.Tab(label="effects", value="effects", children=html.Div(style=PANEL_STYLE, children=[
                 html.Div(style={"display": "flex", "gap": "12px"}, children=[
                     html.Div([html.Label("dimension"), dcc.Dropdown(id="effect-dim", options=list(DIMENSIONS[1:]),
                                                                     value="attn_ratio", clearable=False)],
@@ -100,8 +111,9 @@ def _layout(storage: str, names: list[str], first: str | None, refresh_s: float,
                 ]),
                 dcc.Graph(id="effect"),
             ])),
-            dcc.Tab(label="hypervolume", children=html.Div(dcc.Graph(id="hypervolume"), style=PANEL_STYLE)),
-            dcc.Tab(label="importance", children=html.Div(style=PANEL_STYLE, children=[
+            dcc.Tab(label="hypervolume", value="hypervolume",
+                    children=html.Div(dcc.Graph(id="hypervolume"), style=PANEL_STYLE)),
+            dcc.Tab(label="importance", value="importance", children=html.Div(style=PANEL_STYLE, children=[
                 html.Button("compute importance", id="importance-button"),
                 dcc.Loading(html.Div(id="importance")),
             ])),
@@ -141,16 +153,26 @@ def _objective_refs(data, labels: list[str] | None) -> list[ObjectiveRef]:
     return [known.get(label) or ObjectiveRef.parse(label) for label in labels or []]
 
 
-# The Pareto plot's hover, drawn in the browser from each point's customdata
-# ([trial, pattern, description, objective lines...]): sending the layout as HTML for 10,000
-# points would be ten times the bytes. One coloured cell per layer, as in the report.
+# The Pareto plot's hover, drawn in the browser from the figure's layout.meta (see
+# figures.pareto_figure): the trial is the point's customdata, its layout and the third
+# objective are looked up there, x and y are the point's own. One coloured cell per layer,
+# as in the report; numbers as the report writes them.
 TOOLTIP_JS = """
-function(hover) {
-    if (!hover || !hover.points || !hover.points.length || !hover.points[0].customdata) {
-        return [false, window.dash_clientside.no_update, window.dash_clientside.no_update];
+function(hover, figure) {
+    const none = window.dash_clientside.no_update;
+    const point = hover && hover.points && hover.points[0];
+    const meta = figure && figure.layout && figure.layout.meta;
+    if (!point || point.customdata === undefined || !meta || !meta.points[point.customdata]) {
+        return [false, none, none];
     }
-    const point = hover.points[0];
-    const [trial, pattern, ...lines] = point.customdata;
+    const trial = point.customdata;
+    const [layout, ...more] = meta.points[trial];
+    const [pattern, described] = meta.layouts[layout];
+    const values = [point.x, point.y, ...more];
+    const number = v => (v === null || v === undefined || Number.isNaN(v)) ? "-"
+        : Math.abs(v) >= 1e4 ? Math.round(v).toLocaleString("en-US")
+        : (v !== 0 && Math.abs(v) < 1e-4) ? v.toExponential(3)
+        : String(parseFloat(v.toPrecision(4)));
     const colors = %s;
     const span = (text, style) => ({type: "Span", namespace: "dash_html_components", props: {children: text, style: style}});
     const div = (children, style) => ({type: "Div", namespace: "dash_html_components", props: {children: children, style: style}});
@@ -159,7 +181,8 @@ function(hover) {
         div([span("trial " + trial, {fontWeight: "bold"})]),
         div([pattern], {fontFamily: "monospace"}),
         div(cells, {letterSpacing: "1px"}),
-        ...lines.map(line => div([line])),
+        div([described]),
+        ...meta.objectives.map((label, i) => div([label + ": " + number(values[i])])),
     ];
     return [true, point.bbox, div(children, {fontSize: "12px", whiteSpace: "nowrap"})];
 }
@@ -170,7 +193,7 @@ def _callbacks(app: dash.Dash, storage: str, load) -> None:
     app.clientside_callback(
         TOOLTIP_JS,
         Output("pareto-tooltip", "show"), Output("pareto-tooltip", "bbox"), Output("pareto-tooltip", "children"),
-        Input("pareto", "hoverData"),
+        Input("pareto", "hoverData"), State("pareto", "figure"),
     )
 
     @app.callback(
@@ -186,14 +209,18 @@ def _callbacks(app: dash.Dash, storage: str, load) -> None:
                 controls["filters"], empty)
 
     @app.callback(
-        Output("pareto", "figure"), Output("summary", "children"),
+        Output("pareto", "figure"), Output("summary", "children"), Output("drawn", "data"),
         Input("study", "value"), Input("objectives", "value"), Input({"type": "filter", "dim": ALL}, "value"),
-        Input("refresh", "n_intervals"), State("view", "data"), prevent_initial_call=True,
+        Input("refresh", "n_intervals"), State("view", "data"), State("drawn", "data"), prevent_initial_call=True,
     )
-    def draw_pareto(study, labels, chosen, _tick, view):
+    def draw_pareto(study, labels, chosen, _tick, view, drawn):
         if not study:
-            return go.Figure(), ""
-        return _pareto(load(study), study, labels, chosen, view)
+            return go.Figure(), "", None
+        data = load(study)
+        key = _drawn_key(data, labels, chosen)
+        if key == drawn:  # a refresh found the study unchanged: the browser keeps its plot
+            raise PreventUpdate
+        return (*_pareto(data, study, labels, chosen, view), key)
 
     @app.callback(Output("view", "data"), Input("pareto", "relayoutData"), State("view", "data"),
                   State("study", "value"), State("objectives", "value"), prevent_initial_call=True)
@@ -214,9 +241,8 @@ def _callbacks(app: dash.Dash, storage: str, load) -> None:
     def select(click, study):
         if not click or not click.get("points"):
             return dash.no_update
-        custom = click["points"][0].get("customdata")
-        trial = custom[0] if isinstance(custom, list) else custom
-        return {"study": study, "trial": int(trial)}
+        trial = click["points"][0].get("customdata")  # the trial number (figures.pareto_figure)
+        return dash.no_update if trial is None else {"study": study, "trial": int(trial)}
 
     @app.callback(Output("trial-panel", "children"), Input("selected", "data"), prevent_initial_call=True)
     def open_trial(selected):
@@ -234,19 +260,24 @@ def _callbacks(app: dash.Dash, storage: str, load) -> None:
         name = f"{selected['study']}-trial-{selected['trial']}-spec.json"
         return {"content": json.dumps(row["spec"], indent=2), "filename": name, "type": "application/json"}
 
-    # the figures below the fold follow the Pareto plot (its summary line changes with every
-    # refresh, study and filter), so they never slow the first page down
-    @app.callback(Output("effect", "figure"), Input("summary", "children"), Input("effect-dim", "value"),
-                  Input("effect-metric", "value"), State("study", "value"), State({"type": "filter", "dim": ALL}, "value"))
-    def draw_effect(_summary, dimension, metric, study, chosen):
+    # the figures below the plot are drawn when their tab is open, and follow the Pareto plot
+    # (its summary line changes with every redraw: study, objectives, filters, new results)
+    @app.callback(Output("effect", "figure"), Input("analysis-tabs", "value"), Input("summary", "children"),
+                  Input("effect-dim", "value"), Input("effect-metric", "value"), State("study", "value"),
+                  State({"type": "filter", "dim": ALL}, "value"))
+    def draw_effect(tab, _summary, dimension, metric, study, chosen):
+        if tab != "effects":
+            raise PreventUpdate
         if not study:
             return go.Figure()
         data = load(study)
         return figures.effect_figure(data.filtered(dict(zip(DIMENSIONS, chosen))), dimension, metric or "val_loss")
 
-    @app.callback(Output("hypervolume", "figure"), Input("summary", "children"), State("study", "value"),
-                  State("objectives", "value"))
-    def draw_hypervolume(_summary, study, labels):
+    @app.callback(Output("hypervolume", "figure"), Input("analysis-tabs", "value"), Input("summary", "children"),
+                  State("study", "value"), State("objectives", "value"))
+    def draw_hypervolume(tab, _summary, study, labels):
+        if tab != "hypervolume":
+            raise PreventUpdate
         if not study or not labels:
             return go.Figure()
         data = load(study)
@@ -264,21 +295,36 @@ def _callbacks(app: dash.Dash, storage: str, load) -> None:
 
 
 class _StudyCache:
-    """One read of a study serves every callback of a page load or a refresh: reads older
-    than ``max_age_s`` are repeated (a running study keeps changing)."""
+    """One read of a study serves every page load and callback until the study changes: at
+    most every ``check_s`` seconds a cheap query (:meth:`ResultsStore.version`) says whether
+    it has, and only then are its rows read again (10,000 rows take a quarter of a second)."""
 
-    def __init__(self, storage: str, max_age_s: float) -> None:
-        self.storage, self.max_age_s = storage, max_age_s
+    def __init__(self, storage: str, check_s: float) -> None:
+        self.storage, self.check_s = storage, check_s
+        self.store = ResultsStore(storage, readonly=True)
         self.lock = threading.Lock()
-        self.loaded: dict[str, tuple[float, object]] = {}
+        self.loaded: dict[str, tuple[float, StudyData]] = {}
 
-    def __call__(self, study: str):
+    def __call__(self, study: str) -> StudyData:
         with self.lock:  # concurrent callbacks wait for the one read instead of each reading
-            stamp, data = self.loaded.get(study, (-math.inf, None))
-            if time.monotonic() - stamp > self.max_age_s:
-                data = load_study(self.storage, study)
+            checked, data = self.loaded.get(study, (-math.inf, None))
+            if time.monotonic() - checked > self.check_s:
+                if data is None or self.store.version(study) != data.version:
+                    data = load_study(self.storage, study)
                 self.loaded[study] = (time.monotonic(), data)
             return data
+
+
+def _drawn_key(data: StudyData, labels, chosen) -> str:
+    """What a Pareto plot shows: the same key means the same figure."""
+    return json.dumps([data.name, data.version, labels, chosen])
+
+
+def _preload_plotly(app: dash.Dash) -> str:
+    """A preload of plotly.js (4.8 MB), from the same URL the graph loads it from once the
+    page's layout has arrived: the browser then fetches it while the server renders the page."""
+    url = f"{app.config.requests_pathname_prefix}_dash-component-suites/plotly/package_data/plotly.min.js"
+    return f'<link rel="preload" href="{url}" as="script">'
 
 
 def _view_key(study, labels) -> str:

@@ -57,13 +57,16 @@ def pareto_figure(data: StudyData, rows: Sequence[dict], objectives: Sequence[Ob
                   uirevision: str | None = None, title: str | None = None, hover: str = "html") -> go.Figure:
     """Scatter of ``objectives[0]`` (x) against ``objectives[1]`` (y), coloured by fusion, or by
     ``objectives[2]`` when given. The frontier is the first non-dominated front on all the
-    given objectives; with two it is drawn as a step line. Each point's ``customdata[0]`` is
-    its trial number (the dashboard opens that trial on click).
+    given objectives; with two it is drawn as a step line. Each point's ``customdata`` is its
+    trial number (the dashboard opens that trial on click).
 
     ``hover="html"``: Plotly's own hover label, the layout cells written out as HTML for every
-    point (a static report). ``hover="data"``: no Plotly label; ``customdata`` holds
-    [trial, pattern, description, objective lines...] for the page to draw its own tooltip,
-    about a tenth of the bytes (the dashboard, which may show 10,000 points)."""
+    point (a static report). ``hover="data"``: no Plotly label; ``layout.meta`` holds what a
+    page needs to draw its own tooltip: ``objectives`` (labels), ``layouts`` (the distinct
+    [pattern, description] pairs) and ``points`` (trial -> [index into ``layouts``, the
+    third objective's value if any]; x and y are the point's own). Layouts repeat across
+    trials, so this is a tenth of the bytes of a label per point (the dashboard, which may
+    show 10,000 points)."""
     if hover not in ("html", "data"):
         raise ValueError(f"hover={hover!r}: expected 'html' or 'data'")
     if len(objectives) not in (2, 3):
@@ -76,16 +79,23 @@ def pareto_figure(data: StudyData, rows: Sequence[dict], objectives: Sequence[Ob
     directions = [o.direction for o in objectives]
     figure = go.Figure()
     scatter = go.Scattergl if len(points_rows) > GL_THRESHOLD else go.Scatter
-    lines = [_hover_lines(r, v, objectives) for r, v in zip(points_rows, values.tolist())]
+    # a plain list: a base64 typed array would be cheaper to send, but Dash leaves typed
+    # arrays out of a graph's hoverData and clickData
+    trials = [r["trial"] for r in points_rows]
+    if hover == "data":
+        layouts: dict[tuple[str, str], int] = {}
+        points = {str(r["trial"]): [layouts.setdefault(_described(r), len(layouts)), *v[2:]]
+                  for r, v in zip(points_rows, values.tolist())}
+        figure.update_layout(meta={"objectives": [o.label for o in objectives], "layouts": list(layouts),
+                                   "points": points})
+    else:
+        lines = [[*_described(r), *_value_lines(v, objectives)] for r, v in zip(points_rows, values.tolist())]
 
     def hover_props(indices) -> dict:
-        # object arrays, not nested lists: Plotly validates lists element by element, which
-        # costs a second for 10,000 points
         if hover == "data":
-            custom = [[points_rows[i]["trial"], *lines[i]] for i in indices]
-            return {"customdata": np.array(custom, dtype=object).reshape(len(custom), -1), "hoverinfo": "none"}
-        return {"customdata": np.array([[points_rows[i]["trial"]] for i in indices], dtype=object).reshape(-1, 1),
-                "hoverinfo": "text", "hovertext": [_hover_html(points_rows[i]["trial"], lines[i]) for i in indices]}
+            return {"customdata": [trials[i] for i in indices], "hoverinfo": "none"}
+        return {"customdata": [trials[i] for i in indices], "hoverinfo": "text",
+                "hovertext": [_hover_html(points_rows[i]["trial"], lines[i]) for i in indices]}
 
     everyone = range(len(points_rows))
     if len(objectives) == 3:
@@ -138,14 +148,18 @@ def pareto_figure(data: StudyData, rows: Sequence[dict], objectives: Sequence[Ob
     return figure
 
 
-def _hover_lines(row: dict, values: Sequence[float], objectives: Sequence[ObjectiveRef]) -> list[str]:
-    """[pattern, description, "objective: value"...]: plain text, for either kind of hover."""
+def _described(row: dict) -> tuple[str, str]:
+    """(pattern, "fusion, baseline, merge, MoE"): the hover's first lines."""
     described = (row.get("fusion") or "-") + (f", baseline {row['baseline']}" if row.get("baseline") else "")
     if row.get("merge_op"):
         described += f", merge {row['merge_op']}" + (f" ({row['merge_norm']} norm)" if row.get("merge_norm") not in (None, "none") else "")
     if row.get("moe"):
         described += f", MoE {row.get('moe_experts')}x top-{row.get('moe_top_k')}"
-    return [row["pattern"], described, *(f"{o.label}: {_number(v)}" for o, v in zip(objectives, values))]
+    return row["pattern"], described
+
+
+def _value_lines(values: Sequence[float], objectives: Sequence[ObjectiveRef]) -> list[str]:
+    return [f"{o.label}: {_number(v)}" for o, v in zip(objectives, values)]
 
 
 def _hover_html(trial: int, lines: list[str]) -> str:

@@ -91,6 +91,7 @@ class StudyData:
     name: str
     objectives: list[ObjectiveRef]
     rows: list[dict]
+    version: str = ""  # ResultsStore.version when read: a reader compares it to know it is stale
 
     def values(self, objectives: Sequence[ObjectiveRef], rows: Sequence[dict] | None = None) -> np.ndarray:
         """[n_rows, n_objectives] float array, NaN where a value is missing."""
@@ -142,13 +143,14 @@ def load_study(storage: str, study: str, *, full: bool = False) -> StudyData:
     try:
         if not store.has_table():
             raise LookupError(f"storage {storage}: no hybridnas studies here (run hybridnas launch first)")
+        version = store.version(study)  # before the rows: a write in between makes it stale, not wrong
         rows = store.rows(study, columns=None if full else SUMMARY_COLUMNS)
         if not rows:
             names = store.studies()
             raise LookupError(f"no study {study!r} in {storage} (studies: {', '.join(names) or 'none'})")
     finally:
         store.dispose()
-    return StudyData(study, study_objectives(storage, study), [with_metrics(row) for row in rows])
+    return StudyData(study, study_objectives(storage, study), [with_metrics(row) for row in rows], version)
 
 
 def load_trial(storage: str, study: str, trial: int) -> dict | None:

@@ -15,7 +15,8 @@ frontier. So a candidate is also scored on MQAR and the MAD tasks
 
 The cost is bounded: tasks x learning rates x steps x batch x sequence, fixed by
 :class:`RecallConfig` whatever the candidate. Tasks run in parallel as Ray tasks when asked
-(``parallel=True``; one CPU, or one GPU where there are GPUs, per task), else one after another.
+(``parallel=True``; one CPU per task, and a share of the GPUs where there are any), else one
+after another.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from hybridnas.search_space import ArchSpec
 from hybridnas.proxies import synthetic
 
-__all__ = ["RecallConfig", "RecallReport", "RECALL_TASKS", "reduced_spec", "score_recall", "train_task"]
+__all__ = ["RecallConfig", "RecallReport", "RECALL_TASKS", "gpu_share", "reduced_spec", "score_recall", "train_task"]
 
 RECALL_TASKS = synthetic.TASK_NAMES
 # the overrides --seq-len / --kv-pairs apply to: the tasks that recall keys in context
@@ -188,6 +189,13 @@ def _task_runs(spec_dict: dict, task: str, config: RecallConfig, one_thread: boo
     return [{"task": task, "lr": lr, **train_task(small, data, lr, config)} for lr in config.lrs]
 
 
+def gpu_share(gpus: float, tasks: int) -> float:
+    """The GPU fraction each of ``tasks`` Ray tasks asks for, so that all run at once: the
+    shrunk models are tiny and their steps launch-bound, so a whole GPU per task would run
+    them in turn. Rounded down to Ray's 4 decimals (7 x 0.1429 would not fit on one GPU)."""
+    return min(1.0, math.floor(gpus / tasks * 1e4) / 1e4) if gpus else 0
+
+
 def score_recall(spec: ArchSpec, config: RecallConfig | None = None, *, parallel: bool = False) -> RecallReport:
     """Score ``spec`` on ``config.tasks``. ``parallel``: one Ray task per synthetic task
     (starts a local Ray if none is running)."""
@@ -200,7 +208,7 @@ def score_recall(spec: ArchSpec, config: RecallConfig | None = None, *, parallel
 
         if not ray.is_initialized():
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        gpu = 1 if ray.cluster_resources().get("GPU", 0) else 0
+        gpu = gpu_share(ray.cluster_resources().get("GPU", 0), len(config.tasks))
         job = ray.remote(num_cpus=1, num_gpus=gpu)(_task_runs)
         batches = ray.get([job.remote(spec.to_dict(), t, config, not gpu) for t in config.tasks])
         runs = [r for batch in batches for r in batch]
