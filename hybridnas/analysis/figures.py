@@ -79,9 +79,6 @@ def pareto_figure(data: StudyData, rows: Sequence[dict], objectives: Sequence[Ob
     directions = [o.direction for o in objectives]
     figure = go.Figure()
     scatter = go.Scattergl if len(points_rows) > GL_THRESHOLD else go.Scatter
-    # a plain list: a base64 typed array would be cheaper to send, but Dash leaves typed
-    # arrays out of a graph's hoverData and clickData
-    trials = [r["trial"] for r in points_rows]
     if hover == "data":
         layouts: dict[tuple[str, str], int] = {}
         points = {str(r["trial"]): [layouts.setdefault(_described(r), len(layouts)), *v[2:]]
@@ -92,10 +89,13 @@ def pareto_figure(data: StudyData, rows: Sequence[dict], objectives: Sequence[Ob
         lines = [[*_described(r), *_value_lines(v, objectives)] for r, v in zip(points_rows, values.tolist())]
 
     def hover_props(indices) -> dict:
+        # a plain list: a base64 typed array would be cheaper to send, but Dash leaves typed
+        # arrays out of a graph's hoverData and clickData
+        trials = [points_rows[i]["trial"] for i in indices]
         if hover == "data":
-            return {"customdata": [trials[i] for i in indices], "hoverinfo": "none"}
-        return {"customdata": [trials[i] for i in indices], "hoverinfo": "text",
-                "hovertext": [_hover_html(points_rows[i]["trial"], lines[i]) for i in indices]}
+            return {"customdata": trials, "hoverinfo": "none"}
+        return {"customdata": trials, "hoverinfo": "text",
+                "hovertext": [_hover_html(trial, lines[i]) for trial, i in zip(trials, indices)]}
 
     everyone = range(len(points_rows))
     if len(objectives) == 3:
