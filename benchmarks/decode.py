@@ -10,9 +10,8 @@ hybridnas.proxies.speed for what is timed.
 import torch
 
 from hybridnas import ArchSpec
-from hybridnas.proxies import cost
 from hybridnas.proxies.speed import measure_decode
-from hybridnas.search_space import layout
+from hybridnas.search_space import cost, layout
 
 CONTEXTS = (2048, 8192, 32768)
 # ~100M parameters each at d_model 768, vocab 8192 (Mamba-2 mixers are ~2.5x attention's, so fewer layers)

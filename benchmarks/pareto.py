@@ -1,19 +1,41 @@
-"""Benchmark (d): hybridnas.analysis.pareto on random objective values, on the CPU.
+"""Benchmark (d): hybridnas.pareto on random objective values, on the CPU, and its users.
 
-    python benchmarks/pareto.py
+    python benchmarks/pareto.py [--trials 10000] [--decisions 10000]
 
-Prints one table: operation, n, k, median seconds of 5 runs (after one warm-up run). Points
-are uniform in [0, 1)^k, all minimised; hypervolumes use the reference (1.1, ..., 1.1).
-Target: 2-objective non-dominated sorting of 100,000 points in under a second.
+Prints three tables:
+
+1. operation, n, k, median seconds of 5 runs (after one warm-up run). Points are uniform in
+   [0, 1)^k, all minimised; hypervolumes use the reference (1.1, ..., 1.1). Target:
+   2-objective non-dominated sorting of 100,000 points in under a second.
+2. ``hybridnas query STUDY --pareto val_loss,params`` on a study of ``--trials`` complete rows
+   in a fresh SQLite file: ``query_study`` in-process (median of 5 after a warm-up) and the
+   command end to end in a subprocess (median of 3: interpreter start, imports, the query,
+   the table printed). Target: under 2 seconds.
+3. ``--decisions`` ParetoHalving decisions at one rung (eta 3): total seconds and the last
+   1,000, for points uniform at random and for a study that improves as it runs (each point
+   dominates many of those before it, the rule's worst case). The last 1,000 decisions at
+   about a linear cost per decision take about a fifth of the total (quadratic would be ~1/2).
 """
 
+import argparse
 import platform
+import random
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+import optuna
 
-from hybridnas.analysis.pareto import hypervolume, hypervolume_history, nondominated_ranks, pareto_front
+from hybridnas import ArchSpec
+from hybridnas.pareto import hypervolume, hypervolume_history, nondominated_ranks, pareto_front
+from hybridnas.search_space import layout
+from hybridnas.studies.halving import ParetoHalving
+from hybridnas.studies.query import query_study
+from hybridnas.studies.storage import TRIALS, ResultsStore, spec_columns
 
 REPEATS = 5
 
@@ -29,7 +51,76 @@ def median_seconds(fn):
     return statistics.median(times)
 
 
+def write_study(url: str, trials: int, seed: int = 0) -> None:
+    """A study named "bench" with ``trials`` complete rows shaped like a real study's: spec,
+    objective columns, metrics, rungs and a short loss curve (JSON columns query decodes)."""
+    rng = random.Random(seed)
+    optuna.create_study(study_name="bench", storage=url, directions=["minimize", "minimize"])
+    candidates = []
+    for _ in range(200):
+        n, fusion = rng.randint(8, 16), rng.choice(["inter", "intra"])
+        spec = ArchSpec.from_pattern(layout(n, rng.randint(0, n // 2), fusion=fusion), d_model=512)
+        candidates.append(spec_columns(spec, {"placement": "even"}))
+    rows = []
+    for trial in range(trials):
+        columns = rng.choice(candidates)
+        loss = 3.0 + rng.random() - 0.05 * (columns["n_attn"] or 0)
+        params = int(1e8 * rng.uniform(0.8, 1.2))
+        metrics = {"val_loss": loss, "params": params, "decode_tokens_per_s@8192": rng.uniform(1e3, 5e3)}
+        curve = [{"tokens": 2**20 * i, "val_loss": loss + 2.0 / (i + 1)} for i in range(8)]
+        rows.append({**columns, "study": "bench", "trial": trial, "status": "complete", "val_loss": loss,
+                     "params": params, "metrics": metrics, "loss_curve": {"train": curve, "val": curve},
+                     "rungs": [{"rung": r, "tokens": 2**22 * r, "val_loss": loss + 0.5 / (r + 1)} for r in range(3)]})
+    store = ResultsStore(url)
+    store.create()
+    with store.engine.begin() as conn:
+        conn.execute(TRIALS.insert(), rows)
+    store.dispose()
+
+
+def query_case(trials: int) -> list[tuple[str, float]]:
+    """(measure, seconds) of query_study and of the command on a fresh ``trials``-row study."""
+    command = Path(sys.executable).with_name("hybridnas")
+    command = [str(command)] if command.exists() else [sys.executable, "-m", "hybridnas"]
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'study.db'}"
+        write_study(url, trials)
+        front = query_study(url, "bench", pareto=["val_loss", "params"])
+        in_process = median_seconds(lambda: query_study(url, "bench", pareto=["val_loss", "params"]))
+        argv = [*command, "query", "bench", "--pareto", "val_loss,params", "--storage", url]
+        runs = []
+        for _ in range(3):
+            start = time.perf_counter()
+            subprocess.run(argv, check=True, capture_output=True)
+            runs.append(time.perf_counter() - start)
+    return [(f"query_study(pareto=[val_loss, params]): {len(front)} rows on the front", in_process),
+            ("`hybridnas query bench --pareto val_loss,params` (subprocess)", statistics.median(runs))]
+
+
+def halving_case(decisions: int, improving: bool, k: int = 2) -> tuple[float, float]:
+    """(total seconds, seconds of the last 1,000) of ``decisions`` decisions at one rung."""
+    rng = np.random.default_rng(1)
+    points = rng.random((decisions, k))
+    if improving:  # loss falls as the study learns: a new point dominates many earlier ones
+        points[:, 0] -= np.linspace(0, 10, decisions)
+    rule = ParetoHalving(eta=3, signs=(1,) * k)
+    points = points.tolist()
+    last = max(decisions - 1000, 0)
+    start = time.perf_counter()
+    for i in range(last):
+        rule.decide(f"t{i}", 0, points[i])
+    middle = time.perf_counter()
+    for i in range(last, decisions):
+        rule.decide(f"t{i}", 0, points[i])
+    end = time.perf_counter()
+    return end - start, end - middle
+
+
 def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=10_000)
+    parser.add_argument("--decisions", type=int, default=10_000)
+    args = parser.parse_args()
     rng = np.random.default_rng(0)
     cases = []  # (operation, points, fn)
     for name, n, k in [
@@ -56,6 +147,18 @@ def main():
     print("|---|---|---|---|")
     for name, n, k, fn in cases:
         print(f"| {name} | {n:,} | {k} | {median_seconds(fn):.4f} |")
+
+    print(f"\n| {args.trials:,}-row study, SQLite | seconds |")
+    print("|---|---|")
+    for measure, seconds in query_case(args.trials):
+        print(f"| {measure} | {seconds:.3f} |")
+
+    print(f"\n| ParetoHalving, {args.decisions:,} decisions at one rung, eta 3 | k | total seconds | last 1,000 |")
+    print("|---|---|---|---|")
+    for k in (2, 3):
+        for improving in (False, True):
+            total, last = halving_case(args.decisions, improving, k)
+            print(f"| {'improving' if improving else 'uniform random'} points | {k} | {total:.2f} | {last:.2f} |")
 
 
 if __name__ == "__main__":

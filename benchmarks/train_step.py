@@ -16,12 +16,11 @@ import torch.nn.functional as F
 
 from hybridnas import ArchSpec, HybridLM
 from hybridnas.kernels.cuda import import_mamba_ssm_models
-from hybridnas.proxies import cost
 from hybridnas.proxies.speed import cuda_time, measure_training
-from hybridnas.search_space import layout, placement_indices
+from hybridnas.search_space import cost, layout, placement_indices
+from hybridnas.trainer import peak_flops
 
 D_MODEL, N_MIXERS, VOCAB = 768, 12, 50304
-H100_PEAK = 989e12
 
 
 def timed_step(model, loss_fn, batch, seq_len, repeats=5, warmup=3):
@@ -86,11 +85,13 @@ def main():
     rows.append(("plain PyTorch GPT (attention-only HybridLM)", cost(gpt).total.params,
                  timed_step(gpt_model, gpt_model.loss, b, t), cost(gpt, t).total.train_flops_per_token))
 
+    peak = peak_flops("cuda")  # MFU against this device's bf16 peak (None: a GPU the trainer does not know)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast, batch {b} x {t}")
     print("| model | params | tokens/s | MFU |")
     print("|---|---|---|---|")
     for name, params, tps, fpt in rows:
-        print(f"| {name} | {params / 1e6:.0f}M | {tps:,.0f} | {tps * fpt / H100_PEAK:.1%} |")
+        mfu = f"{tps * fpt / peak:.1%}" if peak else "-"
+        print(f"| {name} | {params / 1e6:.0f}M | {tps:,.0f} | {mfu} |")
 
 
 if __name__ == "__main__":

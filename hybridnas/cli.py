@@ -1,7 +1,8 @@
 """The ``hybridnas`` command line.
 
 Bad input never shows a traceback: :func:`main` turns usage errors and :class:`UserError`
-(with SpecError, the search space's) into one ``error: ...`` line on stderr and exit code 2.
+(which every domain error subclasses: SpecError, StudyConfigError, StorageError, ...) into one
+``error: ...`` line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hybridnas.proxies.cost import CostReport, cost
-from hybridnas.search_space import ArchSpec, SpecError
+from hybridnas.errors import UserError
+from hybridnas.search_space import CostReport, cost, load_spec
 from hybridnas.search_space.examples import EXAMPLES
 
 app = typer.Typer(
@@ -33,38 +34,6 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 
 EXIT_BAD_INPUT = 2
 MODULE_TABLE_MAX_PARAMS = 2_000_000_000  # 8 GB of fp32 weights on the CPU
-
-
-class UserError(Exception):
-    """Bad input from the user: reported as one line, exit code 2."""
-
-
-# ---- loading a spec -----------------------------------------------------------------------
-
-
-def load_spec(target: str, d_model: int | None = None) -> ArchSpec:
-    """A spec from an example name, a SPEC.json path, or a layout pattern."""
-    overrides = {} if d_model is None else {"d_model": d_model}
-    if target in EXAMPLES:
-        return EXAMPLES[target].spec(**overrides)
-    path = Path(target)
-    if target.endswith(".json") or "/" in target or path.is_file():
-        if not path.is_file():
-            raise UserError(f"{target}: no such file")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"{target}: cannot read: {exc}") from None
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{target}: malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-        if isinstance(data, dict):
-            data.update(overrides)
-        return ArchSpec.from_dict(data)
-    if any(ch.islower() for ch in target):
-        raise UserError(
-            f"{target!r} is neither an example ({', '.join(EXAMPLES)}), a .json file, nor a layout pattern"
-        )
-    return ArchSpec.from_pattern(target, **overrides)
 
 
 # ---- formatting ---------------------------------------------------------------------------
@@ -209,7 +178,7 @@ def train_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the TrainResult as JSON.")] = False,
 ) -> None:
     """Train one candidate on a FLOP budget and report its validation loss."""
-    from hybridnas.trainer import BudgetError, ConfigError, DataError, TrainConfig, train
+    from hybridnas.trainer import TrainConfig, train
 
     spec = load_spec(target, d_model)
     if not (flops > 0 and flops < float("inf")):
@@ -217,11 +186,7 @@ def train_command(
     # progress goes to stderr, so --json output on stdout stays clean
     settings = {"seq_len": seq_len, "corpus": corpus, "tokenizer": tokenizer, "seed": seed, "progress": True}
     settings |= {k: v for k, v in {"lr": lr, "batch_tokens": batch_tokens, "micro_batch": micro_batch, "out_dir": out and str(out.resolve())}.items() if v is not None}
-    try:
-        config = TrainConfig(**settings)
-        result = train(spec, flops, config)
-    except (ConfigError, DataError, BudgetError) as exc:
-        raise UserError(str(exc)) from None
+    result = train(spec, flops, TrainConfig(**settings))  # bad settings: ConfigError, DataError, BudgetError
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -310,15 +275,6 @@ DEFAULT_STORAGE = "sqlite:///hybridnas.db"
 StorageOption = Annotated[Optional[str], typer.Option("--storage", help="database URL (default: the study's, or sqlite:///hybridnas.db)")]
 
 
-def _study_errors():
-    """The study modules' bad-input errors, reported as one line."""
-    from hybridnas.studies.config import StudyConfigError
-    from hybridnas.studies.storage import StorageError
-    from hybridnas.studies.where import QueryError
-
-    return (StudyConfigError, StorageError, QueryError)
-
-
 @app.command()
 def launch(
     target: Annotated[str, typer.Argument(help="a preset name (quickstart, ...) or a study.toml")],
@@ -331,10 +287,7 @@ def launch(
 
     if trials is not None and trials < 1:
         raise UserError(f"--trials={trials}: must be at least 1")
-    try:
-        report = run_launch(target, storage=storage, ray_address=ray_address, trials=trials)
-    except _study_errors() as exc:
-        raise UserError(str(exc)) from None
+    report = run_launch(target, storage=storage, ray_address=ray_address, trials=trials)
     t = report.tally
     saved = f"; pruning saved {report.compute_saved:.0%} of the full-budget FLOPs" if t.pruned else ""
     console.print(f"study {report.study} ({report.storage}): {t.done} complete, {t.pruned} pruned, "
@@ -348,10 +301,7 @@ def studies(storage: StorageOption = None) -> None:
     """List the studies in a database."""
     from hybridnas.studies.query import list_studies
 
-    try:
-        found = list_studies(storage or DEFAULT_STORAGE)
-    except _study_errors() as exc:
-        raise UserError(str(exc)) from None
+    found = list_studies(storage or DEFAULT_STORAGE)
     table = Table("study", "trials", "complete", "pruned", "fail", "running", "best val_loss")
     for s in found:
         best = f"{s['best_val_loss']:.4f}" if s["best_val_loss"] is not None else "-"
@@ -374,10 +324,7 @@ def query(
     if output not in ("table", "csv", "json"):
         raise UserError(f"--format={output}: expected table, csv or json")
     objectives = [p.strip() for p in pareto.split(",") if p.strip()] if pareto else []
-    try:
-        rows = query_study(storage or DEFAULT_STORAGE, study, where=where, pareto=objectives or None, sort=sort)
-    except _study_errors() as exc:
-        raise UserError(str(exc)) from None
+    rows = query_study(storage or DEFAULT_STORAGE, study, where=where, pareto=objectives or None, sort=sort)
     if output == "table":
         _print_rows(rows, objectives, title=f"{study}: {len(rows)} trials")
     else:
@@ -398,12 +345,7 @@ def dashboard(
     url = storage or DEFAULT_STORAGE
     if not 0 < port < 65536:
         raise UserError(f"--port={port}: must be between 1 and 65535")
-    try:
-        names = list_studies(url)
-    except _study_errors() as exc:
-        raise UserError(str(exc)) from None
-    except Exception as exc:  # the database cannot be opened (missing file, refused connection)
-        raise UserError(f"storage {url}: cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    names = list_studies(url)  # a database that cannot be opened: StorageError
     if not names:
         raise UserError(f"storage {url}: no hybridnas studies here (run hybridnas launch first)")
     if study is not None and study not in names:
@@ -425,12 +367,7 @@ def report(
         raise UserError(f"-o {output}: the report is HTML; name a .html file")
     if not output.parent.exists():
         raise UserError(f"-o {output}: folder {output.parent} does not exist")
-    try:
-        path = write_report(storage or DEFAULT_STORAGE, study, output)
-    except LookupError as exc:
-        raise UserError(str(exc.args[0])) from None
-    except _study_errors() as exc:
-        raise UserError(str(exc)) from None
+    path = write_report(storage or DEFAULT_STORAGE, study, output)  # no such study: StudyNotFound
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -516,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     except typer.TyperException as exc:  # usage errors: unknown option, bad value, ...
         print(f"error: {exc.format_message()}", file=sys.stderr)
         return exc.exit_code
-    except (UserError, SpecError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (typer.Abort, KeyboardInterrupt):

@@ -8,9 +8,10 @@ import statistics
 import numpy as np
 import pytest
 
-from hybridnas.analysis import figures, pareto
+from hybridnas import pareto
+from hybridnas.analysis import figures
 from hybridnas.analysis.effects import effect_summary
-from hybridnas.analysis.study import ObjectiveRef, StudyData, objective_value
+from hybridnas.analysis.study import ObjectiveRef, StudyData
 
 
 def random_rows(n=200, seed=0):
@@ -108,11 +109,11 @@ def test_three_objectives_colour_by_the_third_and_bad_counts_are_refused():
 
 def test_objective_value_reads_columns_then_metrics_and_is_nan_when_missing():
     row = {"val_loss": 2.5, "params": None, "metrics": {"params": 7, "decode_tokens_per_s@8192": 1e4}}
-    assert objective_value(row, ObjectiveRef("val_loss")) == 2.5
-    assert objective_value(row, ObjectiveRef("params")) == 7
-    assert objective_value(row, ObjectiveRef.parse("decode_tokens_per_s@8192")) == 1e4
+    assert ObjectiveRef("val_loss").value(row) == 2.5
+    assert ObjectiveRef("params").value(row) == 7
+    assert ObjectiveRef.parse("decode_tokens_per_s@8192").value(row) == 1e4
     assert ObjectiveRef.parse("decode_tokens_per_s@8192").direction == "maximize"
-    assert math.isnan(objective_value(row, ObjectiveRef("cache_bytes")))
+    assert math.isnan(ObjectiveRef("cache_bytes").value(row))
 
 
 def test_layout_strip_has_one_cell_per_layer():

@@ -1,13 +1,11 @@
-"""hybridnas.analysis.pareto against brute force: ranks by front peeling, hypervolume by exact
+"""hybridnas.pareto against brute force: ranks by front peeling, hypervolume by exact
 grid-cell counting and by Optuna's WFG, plus knee points, reference points and validation."""
-
-import time
 
 import numpy as np
 import pytest
 from optuna._hypervolume import compute_hypervolume
 
-from hybridnas.analysis.pareto import (
+from hybridnas.pareto import (
     default_reference,
     dominates,
     hypervolume,
@@ -16,7 +14,7 @@ from hybridnas.analysis.pareto import (
     nondominated_ranks,
     pareto_front,
 )
-from hybridnas.studies.halving import front_indices
+from hybridnas.studies.halving import ParetoHalving
 
 # ----------------------------------------------------------------------------------------------
 # Brute force, written independently of the module: everything minimised after a sign flip.
@@ -98,10 +96,16 @@ def test_ranks_many_fronts_two_objectives():
     np.testing.assert_array_equal(ranks, brute_ranks(points, directions))
 
 
-def test_ranks_agree_with_halving_front_indices():
+def test_ranks_agree_with_the_halving_rules_incremental_ranks():
+    """ParetoHalving keeps each rung's ranks up to date point by point; after every arrival
+    they are the non-dominated ranks of the points so far."""
     rng = np.random.default_rng(3)
     points = rng.integers(0, 6, size=(80, 3))
-    assert nondominated_ranks(points, ["minimize"] * 3).tolist() == front_indices(points.tolist())
+    rule = ParetoHalving(eta=3, signs=(1, 1, 1))
+    for i, p in enumerate(points.tolist()):
+        rule.decide(f"t{i}", 0, p)
+        rung = rule.reached[0]
+        assert rung.ranks[: rung.n].tolist() == nondominated_ranks(points[: i + 1], ["minimize"] * 3).tolist()
 
 
 def test_ranks_by_hand():
@@ -240,13 +244,11 @@ def test_hypervolume_history_carries_forward_over_nan():
     assert hypervolume_history(points, [4, 4], ["minimize"] * 2).tolist() == [0, 4, 4, 5, 5]
 
 
-def test_hypervolume_history_is_fast_in_2d():
+def test_hypervolume_history_of_many_points_in_2d():
+    # its speed (the 2-D sweep: milliseconds for 1,000 points) is measured in benchmarks/pareto.py
     rng = np.random.default_rng(6)
     points = rng.random(size=(1000, 2))
-    start = time.perf_counter()
     history = hypervolume_history(points, [1.0, 1.0], ["minimize"] * 2)
-    # typically a few milliseconds; the bound is loose for a busy machine
-    assert time.perf_counter() - start < 1.0
     assert history[-1] == pytest.approx(hypervolume(points, [1.0, 1.0], ["minimize"] * 2), rel=1e-10)
 
 

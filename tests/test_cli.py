@@ -7,8 +7,7 @@ import sys
 import pytest
 
 from hybridnas.cli import main
-from hybridnas.proxies.cost import cost
-from hybridnas.search_space import ArchSpec
+from hybridnas.search_space import ArchSpec, cost
 from hybridnas.search_space.examples import EXAMPLES
 
 

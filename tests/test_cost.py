@@ -7,8 +7,8 @@ expand 2 (d_in=128), head_dim 64 (2 heads), d_state N=16, 1 group, conv kernel K
 
 import pytest
 
-from hybridnas.proxies.cost import attention_pairs, cost
 from hybridnas.search_space import ArchSpec, layout
+from hybridnas.search_space.cost import attention_pairs, cost
 
 T = 128
 SMALL = {"d_model": 64, "vocab_size": 256, "attn": {"n_heads": 4, "n_kv_heads": 2}, "ssm": {"d_state": 16}}

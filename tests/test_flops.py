@@ -3,9 +3,8 @@
 import pytest
 
 from hybridnas.cli import main
-from hybridnas.proxies.cost import cost
 from hybridnas.proxies.flops import attention_dense_gap, count_fvcore, count_torch
-from hybridnas.search_space import ArchSpec
+from hybridnas.search_space import ArchSpec, cost
 
 T = 128
 BASE = {"d_model": 256, "vocab_size": 512, "attn": {"n_heads": 4, "n_kv_heads": 2, "window": 32}, "ssm": {"d_state": 32}}

@@ -1,25 +1,80 @@
 """The multi-fidelity rule: Pareto fronts and asynchronous successive halving on them."""
 
+import math
 import random
 
 import pytest
 
-from hybridnas.studies.halving import ParetoHalving, dominates, front_indices
+from hybridnas.pareto import dominates, nondominated_ranks
+from hybridnas.studies.halving import ParetoHalving
+
+MIN2, MIN3 = ["minimize"] * 2, ["minimize"] * 3
 
 
 def test_fronts_of_a_known_set():
     points = [(1, 5), (2, 2), (5, 1), (3, 3), (4, 4), (6, 6)]
-    assert front_indices(points) == [0, 0, 0, 1, 2, 3]
-    assert dominates((1, 1), (1, 2)) and not dominates((1, 2), (1, 2)) and not dominates((1, 3), (2, 1))
+    assert nondominated_ranks(points, MIN2).tolist() == [0, 0, 0, 1, 2, 3]
+    assert dominates((1, 1), (1, 2), MIN2) and not dominates((1, 2), (1, 2), MIN2)
+    assert not dominates((1, 3), (2, 1), MIN2)
 
 
 def test_fronts_agree_with_brute_force_on_random_points():
     rng = random.Random(0)
     points = [(rng.randint(0, 9), rng.randint(0, 9), rng.randint(0, 9)) for _ in range(60)]
-    fronts = front_indices(points)
+    fronts = nondominated_ranks(points, MIN3).tolist()
     for i, p in enumerate(points):  # a point's front is one past the worst front dominating it
-        dominating = [fronts[j] for j, q in enumerate(points) if dominates(q, p)]
+        dominating = [fronts[j] for j, q in enumerate(points) if dominates(q, p, MIN3)]
         assert fronts[i] == (max(dominating) + 1 if dominating else 0)
+
+
+def brute_fronts(points):
+    """Front of each point by peeling (all minimised; identical points share a front):
+    the rule's decisions before it kept ranks incrementally."""
+    dom = lambda a, b: all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+    remaining, fronts, level = set(range(len(points))), [0] * len(points), 0
+    while remaining:
+        front = {i for i in remaining if not any(dom(points[j], points[i]) for j in remaining if j != i)}
+        for i in front:
+            fronts[i] = level
+        remaining -= front
+        level += 1
+    return fronts
+
+
+def brute_decide(at_rung: dict, trial, point, eta) -> str:
+    at_rung[trial] = tuple(point)
+    names = list(at_rung)
+    fronts = brute_fronts([at_rung[n] for n in names])
+    mine = fronts[names.index(trial)]
+    better = sum(f < mine for f in fronts)
+    return "continue" if better < math.ceil(len(names) / eta) else "stop"
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("values", [4, 1000])  # few distinct values: many ties and duplicates
+def test_decisions_match_brute_force_on_random_points(k, values):
+    rng = random.Random(k * 7 + values)
+    signs = tuple(rng.choice((1, -1)) for _ in range(k))
+    for eta in (2, 3, 4.5):
+        rule, reference = ParetoHalving(eta=eta, signs=signs), {0: {}, 1: {}}
+        for i in range(150):
+            rung = rng.randint(0, 1)
+            seen = list(reference[rung])
+            trial = rng.choice(seen) if seen and rng.random() < 0.1 else f"t{i}"  # some report again
+            point = [rng.randrange(values) / 7 for _ in range(k)]
+            minimised = [s * v for s, v in zip(signs, point)]
+            assert rule.decide(trial, rung, point) == brute_decide(reference[rung], trial, minimised, eta), (eta, i)
+
+
+def test_invalid_points_are_ranked_last():
+    """NaN or inf: in a last front of its own (hybridnas.pareto's convention)."""
+    rule = ParetoHalving(eta=2, signs=(1, 1))
+    assert rule.decide("a", 0, (3.0, 10.0)) == "continue"
+    assert rule.decide("nan", 0, (float("nan"), 1.0)) == "stop"  # 1 better >= ceil(2/2)
+    assert rule.decide("b", 0, (2.0, 20.0)) == "continue"  # the NaN point beats nothing
+    assert rule.decide("inf", 0, (float("inf"), 1.0)) == "stop"
+    assert rule.decide("c", 0, (4.0, 30.0)) == "continue"  # a, b better: 2 < ceil(5/2), invalid ones not
+    assert rule.decide("d", 0, (5.0, 40.0)) == "stop"  # a, b, c better: 3 >= ceil(6/2)
 
 
 def test_single_objective_is_asha():

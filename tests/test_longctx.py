@@ -238,8 +238,8 @@ def test_probe_long_context_is_one_json_ready_dict(data):
     assert json.loads(json.dumps(out)) == out
     assert out["passkey"] == 1.0 and len(out["passkey_cells"]) == 4
     assert out["passkey_by_factor"] == {"1": 1.0, "2": 1.0}
-    assert set(k for k in out if k.startswith("val_loss")) == {"val_loss@1x"}
-    assert math.isfinite(out["val_loss@1x"])
+    assert set(k for k in out if k.startswith("val_loss")) == {"val_loss_1x"}
+    assert math.isfinite(out["val_loss_1x"])
     with pytest.raises(TypeError, match="bogus"):
         probe_long_context(Oracle(), data, train_seq_len=128, bogus=1)
 

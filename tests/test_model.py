@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 from hybridnas import ArchSpec, HybridLM
 from hybridnas.model import MoE
-from hybridnas.proxies.cost import cost
-from hybridnas.search_space import SpecError
+from hybridnas.search_space import SpecError, cost
 from specs import HYBRID_VARIANTS, JOINT, MOE_VARIANTS, SPECS, VOCAB, tiny
 
 

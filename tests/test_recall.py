@@ -55,7 +55,7 @@ def test_bad_recall_settings_name_the_field(kwargs, message):
 
 
 def test_tasks_run_in_parallel_on_ray_as_they_do_in_sequence():
-    ray = pytest.importorskip("ray")
+    import ray
     config = RecallConfig(tasks=("in_context_recall", "compression"), steps=20, eval_every=10, lrs=(3e-3,),
                           task_overrides={"in_context_recall": {"n_train": 200, "n_test": 50},
                                           "compression": {"n_train": 200, "n_test": 50}})
@@ -112,7 +112,6 @@ def test_cli_bad_input_is_one_line(capsys, args, message):
 def test_a_study_can_maximise_recall_and_minimise_extrapolated_loss(tmp_path):
     """Objectives val_loss, mqar (maximised) and val_loss_2x: every complete trial carries
     them in Optuna's values and in the table's columns, which query can filter on."""
-    pytest.importorskip("ray")
     objectives = '[[objectives]]\nname = "val_loss"\n\n[[objectives]]\nname = "params"\n'
     text = tiny_preset("recall", (objectives, (
         '[[objectives]]\nname = "val_loss"\n\n[[objectives]]\nname = "mqar"\n\n'

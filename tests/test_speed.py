@@ -19,7 +19,7 @@ def test_cpu_gives_no_figures_and_says_why():
 @pytest.mark.gpu
 def test_gpu_training_and_decode_figures():
     train = measure_training(SPEC, batch=4, seq_len=512)
-    assert train.reason is None and train.train_tokens_per_s > 1000
+    assert train.reason is None and train.train_tokens_per_s > 0  # how fast: benchmarks/
     assert 0 < train.mfu < 1 and train.peak_memory_gib > 0
     decode = measure_decode(SPEC, contexts=(256, 1024), steps=8, repeats=2)
     assert set(decode.decode_tokens_per_s) == {256, 1024}

@@ -3,12 +3,12 @@
 import pytest
 
 from hybridnas.studies.config import (
-    StudyConfig,
+    Ratio,
+    Split,
     StudyConfigError,
     load_study_config,
     parse_study_config,
     preset_names,
-    split_fraction,
 )
 from hybridnas.trainer.config import TrainConfig
 
@@ -58,7 +58,7 @@ def test_quickstart_covers_both_fusions_and_three_merge_ops():
 def test_minimal_file_gets_defaults(tmp_path):
     config = load_study_config(write(tmp_path, MINIMAL))
     assert config.storage == "sqlite:///hybridnas.db"
-    assert config.space.share == ("attn_ratio", ("1:5",))
+    assert config.space.share == ("attn_ratio", (Ratio(1, 5),))
     assert config.budget.rungs == (0.25, 0.5) and config.budget.eta == 3
     assert [o.label for o in config.objectives] == ["val_loss", "params"]
     assert config.baselines == ("attention", "mamba2", "bae-inter-1:5", "bae-intra-1:5")
@@ -151,7 +151,10 @@ def test_overrides_apply_and_none_is_ignored():
     config = load_study_config("test-tiny", storage="sqlite:///other.db", trials=7, concurrent=None)
     assert config.storage == "sqlite:///other.db"
     assert config.trials == 7
-    assert config.concurrent == load_study_config("test-tiny").concurrent
+    assert config.concurrent == 1
+    # None keeps the preset's value, not the field's default (sqlite:///hybridnas.db, 32 trials)
+    ignored = load_study_config("test-tiny", storage=None, trials=None)
+    assert (ignored.storage, ignored.trials) == ("sqlite:///hybridnas-test-tiny.db", 4)
     assert load_study_config("test-tiny", budget__flops=5e9).budget.flops == 5e9
     assert load_study_config("test-tiny", **{"sampler.seed": 3}).sampler.seed == 3
 
@@ -160,10 +163,13 @@ def test_config_is_frozen():
     config = load_study_config("test-tiny")
     with pytest.raises(ValueError):
         config.trials = 3  # type: ignore[misc]
-    assert isinstance(config, StudyConfig)
+    with pytest.raises(ValueError):
+        config.size.d_model = 64  # type: ignore[misc]  # sections too, not only the top level
+    assert (config.trials, config.size.d_model) == (4, 32)
+    assert config == load_study_config("test-tiny")  # the failed assignments changed nothing
 
 
 def test_split_fraction():
-    assert split_fraction("2:1") == pytest.approx(2 / 3)
-    assert split_fraction("1:4") == pytest.approx(0.2)
-    assert split_fraction(0.25) == 0.25
+    assert Split.parse("2:1").fraction == pytest.approx(2 / 3)
+    assert Split.parse("1:4").fraction == pytest.approx(0.2)
+    assert Split.parse(0.25).fraction == 0.25

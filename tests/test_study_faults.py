@@ -10,12 +10,12 @@ import signal
 import subprocess
 import sys
 import time
-from importlib.resources import files
 
 import optuna
 import pytest
 
-pytest.importorskip("ray")
+from study_files import tiny_preset
+
 pytestmark = pytest.mark.slow
 
 DEADLINE_S = 400
@@ -24,10 +24,8 @@ DEADLINE_S = 400
 def _study_file(tmp_path):
     """test-tiny with two baselines that train (pure Mamba-2, then pure attention) and a
     budget long enough (tens of seconds a trial) to kill a worker mid-trial."""
-    preset = (files("hybridnas.studies") / "presets" / "test-tiny.toml").read_text()
-    text = (preset.replace('name = "test-tiny"', 'name = "faults"')
-            .replace('baselines = ["mamba2", "bae-intra-1:5"]', 'baselines = ["mamba2", "attention"]')
-            .replace("flops = 2e9", "flops = 1e11"))
+    text = tiny_preset("faults", ('baselines = ["mamba2", "bae-intra-1:5"]', 'baselines = ["mamba2", "attention"]'),
+                       ("flops = 2e9", "flops = 1e11"))
     path = tmp_path / "faults.toml"
     path.write_text(text)
     return path

@@ -9,11 +9,11 @@ import time
 
 import optuna
 import pytest
+import ray
 
 from hybridnas.cli import main
 from hybridnas.studies.launch import launch
-
-ray = pytest.importorskip("ray")
+from study_files import tiny_preset
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -114,11 +114,8 @@ def _statuses(url: str) -> list[str]:
 def test_failed_trainings_are_recorded_and_the_study_goes_on(tmp_path):
     """A learning rate that makes every candidate diverge: each trial is a recorded failure
     with its reason, and the study still ends with its number of trials."""
-    from importlib.resources import files
-
-    preset = (files("hybridnas.studies") / "presets" / "test-tiny.toml").read_text()
-    study_file = tmp_path / "diverging.toml"  # [trainer] is the preset's last table
-    study_file.write_text(preset.replace('name = "test-tiny"', 'name = "diverging"') + "lr = 1000.0\n")
+    study_file = tmp_path / "diverging.toml"
+    study_file.write_text(tiny_preset("diverging", ("[trainer]\n", "[trainer]\nlr = 1000.0\n")))
     url = f"sqlite:///{tmp_path / 'study.db'}"
     report = launch(str(study_file), storage=url, trials=3, progress=False)
     assert report.tally.failed >= 1
@@ -148,16 +145,13 @@ def test_pruned_trials_keep_the_rung_that_stopped_them(tmp_path):
     """One objective and eta 100: at the rung every trial but the best so far stops (the
     sampled intra-layer hybrids trail the pure Mamba-2 baseline at half budget). A pruned row
     carries that rung (loss, tokens, FLOPs), and the compute saved counts what it spent."""
-    from importlib.resources import files
-
     from hybridnas.studies.storage import ResultsStore
 
-    preset = (files("hybridnas.studies") / "presets" / "test-tiny.toml").read_text()
-    one_objective = (preset.replace('[[objectives]]\nname = "params"\n', "").replace("eta = 2", "eta = 100")
-                     .replace('baselines = ["mamba2", "bae-intra-1:5"]', 'baselines = ["mamba2"]')
-                     .replace("n_attn = [0, 1, 2]", "n_attn = [1, 2]").replace('fusion = ["inter", "intra"]', 'fusion = "intra"'))
+    one_objective = tiny_preset("pruning", ('[[objectives]]\nname = "params"\n', ""), ("eta = 2", "eta = 100"),
+                                ('baselines = ["mamba2", "bae-intra-1:5"]', 'baselines = ["mamba2"]'),
+                                ("n_attn = [0, 1, 2]", "n_attn = [1, 2]"), ('fusion = ["inter", "intra"]', 'fusion = "intra"'))
     study_file = tmp_path / "pruning.toml"
-    study_file.write_text(one_objective.replace('name = "test-tiny"', 'name = "pruning"'))
+    study_file.write_text(one_objective)
     url = f"sqlite:///{tmp_path / 'study.db'}"
     report = launch(str(study_file), storage=url, trials=4, progress=False)
     store = ResultsStore(url)

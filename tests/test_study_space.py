@@ -1,17 +1,15 @@
 """SearchSpace on real in-memory Optuna studies: valid specs, conditional parameters,
 constraints for infeasible combinations, parameter-target sizing, baselines, spec keys."""
 
-import importlib.util
 import warnings
 
 import optuna
 import pytest
 from optuna.trial import FixedTrial, TrialState
 
-from hybridnas.proxies.cost import cost
-from hybridnas.search_space import ArchSpec
-from hybridnas.studies.config import StudyConfigError, load_study_config, parse_study_config
-from hybridnas.studies.space import CONSTRAINTS, Infeasible, SearchSpace, make_sampler, spec_key
+from hybridnas.search_space import ArchSpec, cost
+from hybridnas.studies.config import load_study_config, parse_study_config
+from hybridnas.studies.space import CONSTRAINTS, Infeasible, SearchSpace, make_sampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -64,8 +62,6 @@ def run_study(config, n_trials: int) -> tuple[optuna.Study, list]:
 
 @pytest.mark.parametrize("kind", ["tpe", "nsga2", "random", "grid", "gp"])
 def test_every_sampler_suggests_valid_specs(kind):
-    if kind == "gp":
-        pytest.importorskip("scipy", reason="GPSampler needs scipy")
     config = load_study_config("test-tiny", **{"sampler.kind": kind})
     study, outcomes = run_study(config, 12)
     specs = [o for _, o in outcomes if isinstance(o, ArchSpec)]
@@ -126,13 +122,6 @@ def test_infeasible_combination_records_constraints():
     assert all(v <= 0 for v in study.trials[1].constraints.values())
 
 
-def test_gp_without_scipy_is_a_config_error():
-    if importlib.util.find_spec("scipy") is not None:
-        pytest.skip("scipy is installed")
-    with pytest.raises(StudyConfigError, match="sampler.kind: 'gp' needs scipy"):
-        make_sampler(load_study_config("test-tiny", **{"sampler.kind": "gp"}))
-
-
 def test_tpe_steers_away_from_infeasible_region():
     # A quarter of the space is infeasible (joint out-projection at the 1:1 split); once
     # infeasible trials are told PRUNED, the constrained TPE keeps them rare.
@@ -160,9 +149,9 @@ def test_params_target_sizing():
             depths.add(len(spec.mixers))
             # the depth is the closest: one more or one less mixer is no closer
             for n in (len(spec.mixers) - 1, len(spec.mixers) + 1):
-                other = space._sized({**space._ask(FixedTrial({"attn_ratio": ratio, "fusion": fusion,
+                other = space._sized(space._ask(FixedTrial({"attn_ratio": ratio, "fusion": fusion,
                     "placement": "even", "hybrid.split": "1:1", "merge.op": "sub",
-                    "merge.out_proj": "separate"})), "share_kind": "attn_ratio"}, [n], dict.fromkeys(CONSTRAINTS, 0.0))
+                    "merge.out_proj": "separate"})), [n], dict.fromkeys(CONSTRAINTS, 0.0))
                 assert abs(cost(other, 32).total.params - 2e6) >= abs(params - 2e6)
     assert len(depths) > 1  # pure attention is deeper than pure Mamba at the same parameters
 
@@ -201,7 +190,7 @@ def test_baselines_enqueue_and_reproduce():
         assert params is not None, name
         study.enqueue_trial(params)
         trial = study.ask()
-        assert spec_key(space.suggest(trial)) == spec_key(specs[name]), name
+        assert space.suggest(trial).key == specs[name].key, name
         study.tell(trial, [1.0, 1.0])
 
 
@@ -215,15 +204,15 @@ def test_identical_suggestions_share_a_key():
     params = {"fusion": "inter", "n_attn": 1, "placement": "even", "attn": "window", "attn.window": 256,
               "rope": True, "moe": "every", "moe.n_experts": 4, "moe.top_k": 1}
     a, b = space.spec_from_params(params), space.spec_from_params(dict(params))
-    assert spec_key(a) == spec_key(b) and a == b
-    assert spec_key(a) != spec_key(space.spec_from_params({**params, "attn.window": 512}))
+    assert a.key == b.key and a == b
+    assert a.key != space.spec_from_params({**params, "attn.window": 512}).key
     # without attention, fusion and rope do not change the model: one key
     none_inter = space.spec_from_params({"fusion": "inter", "n_attn": 0, "moe": "none"})
     none_intra = space.spec_from_params({"fusion": "intra", "n_attn": 0, "moe": "none"})
-    assert spec_key(none_inter) == spec_key(none_intra) and none_inter == none_intra
+    assert none_inter.key == none_intra.key and none_inter == none_intra
     # a section the layout does not use does not change the key
     other_window = ArchSpec.from_dict({**none_inter.to_dict(), "attn": {**none_inter.attn.model_dump(), "window": 64}})
-    assert spec_key(other_window) == spec_key(none_inter)
+    assert other_window.key == none_inter.key
 
 
 def test_grid_covers_searched_parameters_only():

@@ -7,7 +7,7 @@ import pytest
 
 from hybridnas import ArchSpec
 from hybridnas.cli import main
-from hybridnas.proxies.cost import train_flops_per_token
+from hybridnas.search_space import train_flops_per_token
 from hybridnas.trainer import CheckpointError, TrainConfig, load_tokens, make_plan, train
 
 TINY = ArchSpec.from_pattern(

@@ -3,7 +3,7 @@
 import pytest
 
 from hybridnas import ArchSpec
-from hybridnas.proxies.cost import train_flops_per_token
+from hybridnas.search_space import train_flops_per_token
 from hybridnas.trainer import TrainConfig, train
 
 pytestmark = pytest.mark.gpu

@@ -16,7 +16,7 @@ import statistics
 import warnings
 from collections.abc import Sequence
 
-from hybridnas.analysis.study import ObjectiveRef, objective_value
+from hybridnas.analysis.study import ObjectiveRef
 
 __all__ = ["effect_summary", "param_importances", "EVALUATORS"]
 
@@ -29,11 +29,11 @@ def effect_summary(rows: Sequence[dict], by: Sequence[str], metric: str = "val_l
     objective = ObjectiveRef.parse(metric)
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        if not math.isnan(objective_value(row, objective)):
+        if not math.isnan(objective.value(row)):
             groups.setdefault(tuple(row.get(d) for d in by), []).append(row)
     out = []
     for key, members in groups.items():
-        values = [objective_value(r, objective) for r in members]
+        values = [objective.value(r) for r in members]
         seeds = [r.get("val_loss_seeds") or (r.get("metrics") or {}).get("val_loss_seeds") or [] for r in members]
         seed_stds = [statistics.stdev(s) for s in seeds if len(s) >= 2]
         best, worst = (min, max) if objective.direction == "minimize" else (max, min)

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from hybridnas.analysis import pareto
-from hybridnas.analysis.study import ObjectiveRef, StudyData, objective_value
+from hybridnas import pareto
+from hybridnas.analysis.study import ObjectiveRef, StudyData
 
 __all__ = [
     "LAYER_COLORS",
@@ -228,14 +228,14 @@ def effect_figure(rows: Sequence[dict], dimension: str, metric: str = "val_loss"
     point, with a box per value."""
     objective = ObjectiveRef.parse(metric)
     rows = [r for r in rows if r["status"] == "complete" and r.get("reused_from") is None
-            and r.get(dimension) is not None and not math.isnan(objective_value(r, objective))]
+            and r.get(dimension) is not None and not math.isnan(objective.value(r))]
     keys = sorted({r[dimension] for r in rows}, key=lambda v: (isinstance(v, str), v))
     every_point = len(rows) <= POINTS_IN_BOXES  # past that, the boxes alone (and their outliers)
     figure = go.Figure()
     for key in keys:
         mine = [r for r in rows if r[dimension] == key]
         figure.add_trace(go.Box(
-            y=[objective_value(r, objective) for r in mine], name=_category(key),
+            y=[objective.value(r) for r in mine], name=_category(key),
             boxpoints="all" if every_point else "outliers", jitter=0.4, pointpos=0,
             hovertext=[f"trial {r['trial']}: {r['pattern']}" for r in mine] if every_point else None,
             hoverinfo="text+y" if every_point else "y",

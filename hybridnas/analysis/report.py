@@ -14,9 +14,10 @@ from pathlib import Path
 
 import plotly.io as pio
 
-from hybridnas.analysis import figures, pareto
+from hybridnas import pareto
+from hybridnas.analysis import figures
 from hybridnas.analysis.effects import effect_summary, param_importances
-from hybridnas.analysis.study import StudyData, load_study, objective_value
+from hybridnas.analysis.study import StudyData, load_study
 from hybridnas.studies.storage import status_counts
 
 __all__ = ["render_report", "write_report"]
@@ -103,7 +104,7 @@ def _table(rows: list[dict], objectives) -> str:
     for row in rows:
         cells = []
         for c in columns:
-            value = objective_value(row, by_label[c]) if c in by_label else row.get(c)
+            value = by_label[c].value(row) if c in by_label else row.get(c)
             value = None if isinstance(value, float) and math.isnan(value) else value
             text = "-" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
             cells.append(f"<td class='text'>{html.escape(text)}</td>" if isinstance(value, str) else f"<td>{text}</td>")

@@ -13,14 +13,14 @@ without them (rows written by other tools) falls back to val_loss and params, mi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from hybridnas.studies.config import MAXIMIZED, OBJECTIVES
+from hybridnas.errors import UserError
+from hybridnas.studies.objectives import ObjectiveRef, default_direction, names
 from hybridnas.studies.storage import TRIALS, ResultsStore, normalize_url, with_metrics
 
 __all__ = [
@@ -28,10 +28,10 @@ __all__ = [
     "METRIC_DIRECTIONS",
     "ObjectiveRef",
     "StudyData",
+    "StudyNotFound",
     "list_studies",
     "load_study",
     "load_trial",
-    "objective_value",
     "study_objectives",
 ]
 
@@ -42,46 +42,8 @@ DIMENSIONS = (
     "moe", "moe_experts", "moe_top_k", "moe_shared",
 )
 # every metric that can be plotted, with the direction that is better
-METRIC_DIRECTIONS = {name: "maximize" if name in MAXIMIZED else "minimize"
-                     for name in (*OBJECTIVES, "flops_spent", "wall_s", "n_attn", "attn_ratio")}
+METRIC_DIRECTIONS = {name: default_direction(name) for name in (*names(), "flops_spent", "wall_s", "n_attn", "attn_ratio")}
 SUMMARY_COLUMNS = tuple(c.name for c in TRIALS.columns if c.name not in ("spec", "loss_curve", "config", "versions"))
-
-
-@dataclass(frozen=True)
-class ObjectiveRef:
-    """One objective as stored in a study: ``context`` only for cache and speed figures."""
-
-    name: str
-    direction: str = "minimize"
-    context: int | None = None
-
-    @property
-    def label(self) -> str:
-        """``val_loss``, ``cache_bytes@8192``, ``decode_tokens_per_s@32768``: the metric's key."""
-        return self.name if self.context is None else f"{self.name}@{self.context}"
-
-    @classmethod
-    def parse(cls, label: str) -> ObjectiveRef:
-        """``"decode_tokens_per_s@32768"`` or ``"params"`` -> an ObjectiveRef (default direction)."""
-        name, _, context = label.partition("@")
-        direction = METRIC_DIRECTIONS.get(name, "maximize" if name in MAXIMIZED else "minimize")
-        return cls(name, direction, int(context) if context else None)
-
-
-def objective_value(row: dict, objective: ObjectiveRef) -> float:
-    """The objective's value in ``row`` (the metric at its context, else the column); NaN
-    when it was not measured."""
-    value = None
-    if objective.context is not None:
-        value = (row.get("metrics") or {}).get(objective.label)
-    if value is None:
-        value = row.get(objective.name)  # load_study has merged the metrics into the row
-    if value is None:
-        value = (row.get("metrics") or {}).get(objective.name)
-    try:
-        return float(value) if value is not None else math.nan
-    except (TypeError, ValueError):
-        return math.nan
 
 
 @dataclass
@@ -96,7 +58,7 @@ class StudyData:
     def values(self, objectives: Sequence[ObjectiveRef], rows: Sequence[dict] | None = None) -> np.ndarray:
         """[n_rows, n_objectives] float array, NaN where a value is missing."""
         rows = self.rows if rows is None else rows
-        return np.array([[objective_value(r, o) for o in objectives] for r in rows], dtype=float).reshape(
+        return np.array([[o.value(r) for o in objectives] for r in rows], dtype=float).reshape(
             len(rows), len(objectives))
 
     def complete(self) -> list[dict]:
@@ -127,6 +89,10 @@ class StudyData:
         return [r for r in self.rows if all(r.get(d) in values for d, values in chosen.items())]
 
 
+class StudyNotFound(UserError, LookupError):
+    """No such study (or no hybridnas table) in the database; the message names the studies there."""
+
+
 def list_studies(storage: str) -> list[str]:
     """The studies with rows in the database at ``storage``."""
     store = ResultsStore(storage, readonly=True)
@@ -138,16 +104,17 @@ def list_studies(storage: str) -> list[str]:
 
 def load_study(storage: str, study: str, *, full: bool = False) -> StudyData:
     """The rows of ``study`` (every column with ``full``; else without spec, curves, config)
-    and its objectives. Raises ``LookupError`` naming the studies there if it is missing."""
+    and its objectives. Raises :class:`StudyNotFound` (a LookupError) naming the studies
+    there if it is missing."""
     store = ResultsStore(storage, readonly=True)
     try:
         if not store.has_table():
-            raise LookupError(f"storage {storage}: no hybridnas studies here (run hybridnas launch first)")
+            raise StudyNotFound(f"storage {storage}: no hybridnas studies here (run hybridnas launch first)")
         version = store.version(study)  # before the rows: a write in between makes it stale, not wrong
         rows = store.rows(study, columns=None if full else SUMMARY_COLUMNS)
         if not rows:
             names = store.studies()
-            raise LookupError(f"no study {study!r} in {storage} (studies: {', '.join(names) or 'none'})")
+            raise StudyNotFound(f"no study {study!r} in {storage} (studies: {', '.join(names) or 'none'})")
     finally:
         store.dispose()
     return StudyData(study, study_objectives(storage, study), [with_metrics(row) for row in rows], version)
@@ -181,5 +148,5 @@ def _study_objectives(storage: str, study: str) -> tuple[ObjectiveRef, ...]:
     import optuna
 
     attrs = optuna.load_study(study_name=study, storage=storage).user_attrs
-    return tuple(ObjectiveRef(o["name"], o.get("direction") or "minimize", o.get("context"))
+    return tuple(ObjectiveRef(o["name"], o.get("direction"), o.get("context"))
                  for o in attrs["config"]["objectives"])

@@ -60,4 +60,5 @@ def attention_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, n_valid: int |
     scores = (q * d**-0.5) @ k_cache.transpose(-1, -2)  # [batch, Hkv, G, S]
     filled = torch.arange(k_cache.shape[2], device=k_cache.device) < n_valid.reshape(-1, 1, 1, 1)
     weights = scores.float().masked_fill(~filled, float("-inf")).softmax(-1)
-    return (weights.to(v_cache.dtype) @ v_cache).reshape(batch, hq, 1, d)
+    out: Tensor = weights.to(v_cache.dtype) @ v_cache  # [batch, Hkv, G, d]
+    return out.reshape(batch, hq, 1, d)

@@ -22,7 +22,9 @@ import importlib
 import importlib.util
 import sys
 import types
+from collections.abc import Callable
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,9 @@ from torch import Tensor
 
 from hybridnas.kernels.registry import Op
 from hybridnas.kernels.ssd import ssd_chunked
+
+if TYPE_CHECKING:  # imported where used at run time: FlexAttention loads only on CUDA machines
+    from torch.nn.attention.flex_attention import BlockMask
 
 __all__ = ["register", "load_mamba_triton"]
 
@@ -52,10 +57,24 @@ def load_mamba_triton() -> tuple[types.ModuleType, types.ModuleType]:
     )
 
 
-def _ssd_scan_triton(combined: types.ModuleType):
-    def ssd_scan(x, dt, A, B, C, D=None, initial_state=None, chunk_size=256) -> tuple[Tensor, Tensor]:
+def _ssd_scan_triton(combined: types.ModuleType) -> Callable[..., tuple[Tensor, Tensor]]:
+    """``ssd_scan`` with ssd_chunked's signature and shapes (see ``hybridnas.kernels.ssd``)."""
+
+    def ssd_scan(
+        x: Tensor,
+        dt: Tensor,
+        A: Tensor,
+        B: Tensor,
+        C: Tensor,
+        D: Tensor | None = None,
+        initial_state: Tensor | None = None,
+        chunk_size: int = 256,
+    ) -> tuple[Tensor, Tensor]:
+        """y [b, T, H, P], final_state [b, H, P, N]."""
         if chunk_size & (chunk_size - 1):  # the Triton kernels tile by powers of two
             return ssd_chunked(x, dt, A, B, C, D, initial_state, chunk_size)
+        y: Tensor
+        final_state: Tensor
         y, final_state = combined.mamba_chunk_scan_combined(
             x, dt, A, B, C, chunk_size, D=D, initial_states=initial_state, return_final_states=True
         )
@@ -64,8 +83,13 @@ def _ssd_scan_triton(combined: types.ModuleType):
     return ssd_scan
 
 
-def _ssd_step_triton(update: types.ModuleType):
-    def ssd_step(state, x, dt, A, B, C, D=None) -> Tensor:
+def _ssd_step_triton(update: types.ModuleType) -> Callable[..., Tensor]:
+    """``ssd_step`` with the reference's signature and shapes (see ``hybridnas.kernels.ssd``)."""
+
+    def ssd_step(
+        state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None
+    ) -> Tensor:
+        """state [b, H, P, N] advanced in place; x [b, H, P], dt [b, H], B/C [b, G, N] -> y [b, H, P]."""
         # mamba-ssm's Mamba-2 decode layout: dt, A and D broadcast over the head's channels
         # (stride 0), which the kernel recognises and does not materialise
         _, h, p, n = state.shape
@@ -73,33 +97,42 @@ def _ssd_step_triton(update: types.ModuleType):
         A = A[:, None, None].expand(h, p, n)
         D = D[:, None].expand(h, p) if D is not None else None
         no_bias = dt.new_zeros(()).expand(h, p)  # the kernel reads dt_bias's strides even when unused
-        return update.selective_state_update(state, x, dt, A, B, C, D=D, dt_bias=no_bias, dt_softplus=False)
+        y: Tensor = update.selective_state_update(state, x, dt, A, B, C, D=D, dt_bias=no_bias, dt_softplus=False)
+        return y
 
     return ssd_step
 
 
-def _conv_causal_conv1d(module: types.ModuleType):
-    def causal_conv1d(x, weight, bias=None, activation=None) -> Tensor:
-        return module.causal_conv1d_fn(x, weight, bias, activation=activation)
+def _conv_causal_conv1d(module: types.ModuleType) -> tuple[Callable[..., Tensor], Callable[..., Tensor]]:
+    """(causal_conv1d, causal_conv1d_step) with the references' signatures (see ``hybridnas.kernels.conv``)."""
 
-    def causal_conv1d_step(x, conv_state, weight, bias=None, activation=None) -> Tensor:
-        return module.causal_conv1d_update(x, conv_state, weight, bias, activation=activation)
+    def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None) -> Tensor:
+        """x [batch, C, T], weight [C, K] -> [batch, C, T]."""
+        y: Tensor = module.causal_conv1d_fn(x, weight, bias, activation=activation)
+        return y
+
+    def causal_conv1d_step(
+        x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None
+    ) -> Tensor:
+        """x [batch, C]; conv_state [batch, C, K] shifted in place -> [batch, C]."""
+        y: Tensor = module.causal_conv1d_update(x, conv_state, weight, bias, activation=activation)
+        return y
 
     return causal_conv1d, causal_conv1d_step
 
 
 @lru_cache(maxsize=32)
-def _window_block_mask(seq_len: int, window: int, device: torch.device):
+def _window_block_mask(seq_len: int, window: int, device: torch.device) -> BlockMask:
     """FlexAttention block mask of a causal window: query i sees keys i-window+1..i."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    def in_window(batch, head, q_idx, kv_idx):
+    def in_window(batch: Tensor, head: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
 
     return create_block_mask(in_window, B=None, H=None, Q_LEN=seq_len, KV_LEN=seq_len, device=device)
 
 
-def _attention_flex():
+def _attention_flex() -> Callable[..., Tensor]:
     """causal_attention with FlexAttention for windows; SDPA (flash) for global attention."""
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -124,7 +157,9 @@ def register(ops: dict[str, Op]) -> None:
         for name in ("ssd_scan", "ssd_step"):
             ops[name].reason = f"reference: mamba-ssm Triton kernels unavailable ({type(exc).__name__}: {exc})"
     else:
-        ops["ssd_scan"].register_cuda("triton", _ssd_scan_triton(combined), "mamba-ssm Triton mamba_chunk_scan_combined")
+        ops["ssd_scan"].register_cuda(
+            "triton", _ssd_scan_triton(combined), "mamba-ssm Triton mamba_chunk_scan_combined"
+        )
         ops["ssd_step"].register_cuda("triton", _ssd_step_triton(update), "mamba-ssm Triton selective_state_update")
 
     try:
@@ -155,7 +190,7 @@ def import_mamba_ssm_models() -> types.ModuleType:
     checkpoints and to generate text, neither of which a comparison does)."""
     load_mamba_triton()
 
-    def stand_in(name: str, **attributes) -> None:
+    def stand_in(name: str, **attributes: object) -> None:
         try:  # some packages import lazily: probe the attributes too
             module = importlib.import_module(name)
             for attribute in attributes:

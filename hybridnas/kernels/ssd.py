@@ -138,7 +138,9 @@ def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tens
 
     x [b, H, P], dt [b, H], B/C [b, G, N]."""
     h = x.shape[1]
-    y, new_state = _recurrence(state.float(), x.float(), dt.float(), A.float(), _heads(B, h).float(), _heads(C, h).float())
+    y, new_state = _recurrence(
+        state.float(), x.float(), dt.float(), A.float(), _heads(B, h).float(), _heads(C, h).float()
+    )
     state.copy_(new_state)
     if D is not None:
         y = y + x.float() * D.float()[:, None]

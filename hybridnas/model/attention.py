@@ -3,11 +3,15 @@ optional rotary position embeddings, no biases (Llama-3.2 style, as in Bae et al
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
+from torch.types import Device
 
 from hybridnas import kernels
 from hybridnas.model.cache import AttentionCache
+from hybridnas.model.flags import RESIDUAL_OUT, set_flag
 from hybridnas.search_space import ArchSpec
 
 __all__ = ["Attention", "SlidingWindowAttention", "apply_rope"]
@@ -58,7 +62,7 @@ class Attention(nn.Module):
         self.wv = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(self.n_heads * self.head_dim, d_model, bias=False) if out_proj else None
         if self.wo is not None:
-            self.wo.is_residual_out = True
+            set_flag(self.wo, RESIDUAL_OUT)
 
     def _qkv(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x [batch, T, d_model] -> q [batch, Hq, T, d], k and v [batch, Hkv, T, d]."""
@@ -73,7 +77,10 @@ class Attention(nn.Module):
     def _out(self, y: Tensor) -> Tensor:
         """[batch, Hq, T, d] -> [batch, T, d_model] (or the branch width without wo)."""
         y = y.transpose(1, 2).flatten(-2)
-        return self.wo(y) if self.wo is not None else y
+        if self.wo is None:
+            return y
+        out: Tensor = self.wo(y)
+        return out
 
     def forward(self, x: Tensor, cache: AttentionCache | None = None) -> Tensor:
         """x [batch, T, d_model]; with ``cache`` (empty), also fills it: a prefill."""
@@ -87,10 +94,16 @@ class Attention(nn.Module):
             cache.v[:, :, where] = v[:, :, t - kept :].to(cache.v.dtype)
         return self._out(kernels.causal_attention(q, k, v, window=self.window))
 
-    def allocate_cache(self, batch: int, max_len: int, *, device=None, dtype=None) -> AttentionCache:
+    def allocate_cache(
+        self, batch: int, max_len: int, *, device: Device = None, dtype: torch.dtype | None = None
+    ) -> AttentionCache:
+        """Zeroed keys and values [batch, n_kv_heads, slots, head_dim]: slots = max_len, or the
+        window when shorter."""
         slots = max_len if self.window is None else min(self.window, max_len)
         shape = (batch, self.n_kv_heads, slots, self.head_dim)
-        return AttentionCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+        return AttentionCache(
+            torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+        )
 
     def step(self, x: Tensor, cache: AttentionCache, position: Tensor) -> Tensor:
         """One token x [batch, d_model] at ``position`` (a 0-d integer tensor on x's device,
@@ -109,6 +122,6 @@ class Attention(nn.Module):
 class SlidingWindowAttention(Attention):
     """``W``: each query sees the ``attn.window`` most recent positions, itself included."""
 
-    def __init__(self, d_model: int, *, layer_idx: int, spec: ArchSpec, **kwargs) -> None:
+    def __init__(self, d_model: int, *, layer_idx: int, spec: ArchSpec, **kwargs: Any) -> None:
         super().__init__(d_model, layer_idx=layer_idx, spec=spec, **kwargs)
         self.window = spec.attn.window

@@ -6,11 +6,12 @@ min(max_len, window) positions; Mamba-2 keeps its SSM state and the last K conv 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import TypeAlias
 
 from torch import Tensor
 
-__all__ = ["AttentionCache", "Mamba2Cache", "HybridBlockCache", "LMCache"]
+__all__ = ["AttentionCache", "Mamba2Cache", "HybridBlockCache", "LayerCache", "LMCache"]
 
 
 @dataclass
@@ -31,9 +32,12 @@ class HybridBlockCache:
     ssm: Mamba2Cache
 
 
+LayerCache: TypeAlias = AttentionCache | Mamba2Cache | HybridBlockCache  # one mixer layer's
+
+
 @dataclass
 class LMCache:
-    layers: list  # one entry per pattern position; None for FFN layers
+    layers: list[LayerCache | None]  # one entry per pattern position; None for FFN layers
     max_len: int
     position: Tensor  # 0-d int64 on the cache's device: the next token's position, read by
     # the decode step on the device (no host sync; a CUDA graph replays it unchanged)
@@ -50,11 +54,10 @@ class LMCache:
         return sum(t.numel() * t.element_size() for t in self.tensors)
 
 
-def _tensors(obj: object) -> list[Tensor]:
+def _tensors(obj: LayerCache | Tensor | None) -> list[Tensor]:
+    """Every tensor of a layer's cache, in field order."""
     if obj is None:
         return []
     if isinstance(obj, Tensor):
         return [obj]
-    return [t for name in obj.__dataclass_fields__ for t in _tensors(getattr(obj, name))]
-
-
+    return [t for field in fields(obj) for t in _tensors(getattr(obj, field.name))]

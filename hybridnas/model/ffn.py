@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hybridnas.model.flags import RESIDUAL_OUT, set_flag
 from hybridnas.search_space import ArchSpec
 
 __all__ = ["SwiGLU"]
@@ -21,8 +22,10 @@ class SwiGLU(nn.Module):
         self.d_ffn = d_ffn or spec.d_ffn
         self.w_in = nn.Linear(d_model, 2 * self.d_ffn, bias=False)  # gate and up, fused
         self.w_down = nn.Linear(self.d_ffn, d_model, bias=False)
-        self.w_down.is_residual_out = True
+        set_flag(self.w_down, RESIDUAL_OUT)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.w_in(x).chunk(2, dim=-1)
-        return self.w_down(F.silu(gate) * up)
+        """x [..., d_model] -> [..., d_model]."""
+        gate, up = self.w_in(x).chunk(2, dim=-1)  # [..., d_ffn] each
+        y: Tensor = self.w_down(F.silu(gate) * up)
+        return y

@@ -36,7 +36,7 @@ class CUDAGraphStep:
     def __init__(self, model: HybridLM, cache: LMCache, warmup: int = 2) -> None:
         if not cache.position.is_cuda:
             raise GraphCaptureError("CUDA graphs need the model and cache on a CUDA device")
-        if any(block.symbol == "E" for block in model.blocks):
+        if any(block.symbol == "E" for block in model.typed_blocks):
             raise GraphCaptureError("MoE layers count tokens per expert on the host, which a CUDA graph cannot hold")
         self.model, self.cache = model, cache
         batch = cache.tensors[0].shape[0] if cache.tensors else 1
@@ -55,7 +55,7 @@ class CUDAGraphStep:
         except RuntimeError as exc:  # an op that syncs with the host or allocates outside the pool
             raise GraphCaptureError(f"decode step not capturable: {exc}") from exc
         finally:
-            for tensor, value in zip((*cache.tensors, cache.position), saved):
+            for tensor, value in zip((*cache.tensors, cache.position), saved, strict=True):
                 tensor.copy_(value)
 
     def __call__(self, tokens: Tensor) -> Tensor:

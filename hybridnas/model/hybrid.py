@@ -21,9 +21,11 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.types import Device
 
 from hybridnas.model.attention import Attention
 from hybridnas.model.cache import HybridBlockCache
+from hybridnas.model.flags import RESIDUAL_OUT, set_flag
 from hybridnas.model.mamba2 import Mamba2
 from hybridnas.model.norms import branch_norm
 from hybridnas.search_space import ArchSpec
@@ -32,13 +34,14 @@ __all__ = ["ParallelHybrid"]
 
 
 def _scale(kind: str, dim: int) -> nn.Parameter | None:
+    """A branch's learned scale alpha: none, [1] (scalar) or [dim] (vector), ones."""
     if kind == "none":
         return None
     return nn.Parameter(torch.ones(1 if kind == "scalar" else dim))
 
 
 def _residual_out(linear: nn.Linear) -> nn.Linear:
-    linear.is_residual_out = True
+    set_flag(linear, RESIDUAL_OUT)
     return linear
 
 
@@ -51,7 +54,12 @@ class ParallelHybrid(nn.Module):
         assert dims is not None, "a validated spec with H has hybrid dims"
         self.merge, self.separate = h.merge, h.out_proj == "separate"
         self.attn = Attention(
-            d_model, layer_idx=layer_idx, spec=spec, n_heads=dims.attn_heads, n_kv_heads=dims.attn_kv_heads, out_proj=False
+            d_model,
+            layer_idx=layer_idx,
+            spec=spec,
+            n_heads=dims.attn_heads,
+            n_kv_heads=dims.attn_kv_heads,
+            out_proj=False,
         )
         self.ssm = Mamba2(d_model, layer_idx=layer_idx, spec=spec, d_inner=dims.d_ssm, out_proj=False)
         self.attn_norm = branch_norm(h.norm, dims.d_attn, groups=dims.attn_heads)
@@ -77,7 +85,7 @@ class ParallelHybrid(nn.Module):
         """Branch outputs a [..., d_attn], s [..., d_ssm] and block input x [..., d_model]
         -> [..., d_model]. Every operation is per token, so decode shares it."""
         a, s = self.attn_norm(a), self.ssm_norm(s)
-        if self.attn_scale is not None:
+        if self.attn_scale is not None and self.ssm_scale is not None:  # both set, or neither (one spec field)
             a, s = a * self.attn_scale, s * self.ssm_scale
         if self.separate:
             a, s = self.attn_out(a), self.ssm_out(s)
@@ -95,7 +103,10 @@ class ParallelHybrid(nn.Module):
             y = self._merge_attention(a, s, x)
         if self.gate is not None:
             y = y * torch.sigmoid(self.gate(x))
-        return y if self.separate else self.out_proj(y)
+        if self.separate:
+            return y
+        out: Tensor = self.out_proj(y)
+        return out
 
     def _merge_attention(self, a: Tensor, s: Tensor, x: Tensor) -> Tensor:
         """Per head of ``merge_head_dim`` channels: weights over {a, s} = softmax of
@@ -105,19 +116,24 @@ class ParallelHybrid(nn.Module):
         q = self.merge_q(x).unflatten(-1, (-1, d)).unsqueeze(-3)  # [..., 1, heads, d]
         k = self.merge_k(branches).unflatten(-1, (-1, d))  # [..., 2, heads, d]
         weights = torch.softmax((q * k).sum(-1).float() / math.sqrt(d), dim=-2).to(a.dtype)  # [..., 2, heads]
-        mixed = (weights.unsqueeze(-1) * branches.unflatten(-1, (-1, d))).sum(-3)
+        mixed = (weights.unsqueeze(-1) * torch.unflatten(branches, -1, (-1, d))).sum(-3)  # [..., heads, d]
         return mixed.flatten(-2)
 
     def forward(self, x: Tensor, cache: HybridBlockCache | None = None) -> Tensor:
+        """x [batch, T, d_model]; with ``cache`` (empty), also fills it: a prefill."""
         a = self.attn(x, cache.attn if cache is not None else None)
         s = self.ssm(x, cache.ssm if cache is not None else None)
         return self._merge(a, s, x)
 
-    def allocate_cache(self, batch: int, max_len: int, *, device=None, dtype=None) -> HybridBlockCache:
+    def allocate_cache(
+        self, batch: int, max_len: int, *, device: Device = None, dtype: torch.dtype | None = None
+    ) -> HybridBlockCache:
+        """Both branches' caches (see Attention.allocate_cache and Mamba2.allocate_cache)."""
         return HybridBlockCache(
             self.attn.allocate_cache(batch, max_len, device=device, dtype=dtype),
             self.ssm.allocate_cache(batch, max_len, device=device, dtype=dtype),
         )
 
     def step(self, x: Tensor, cache: HybridBlockCache, position: Tensor) -> Tensor:
+        """One token x [batch, d_model] at ``position`` (0-d tensor) -> [batch, d_model]."""
         return self._merge(self.attn.step(x, cache.attn, position), self.ssm.step(x, cache.ssm), x)

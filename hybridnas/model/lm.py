@@ -9,15 +9,18 @@ single-device PyTorch: precision, compilation and parallelism belong to the trai
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.types import Device
 
 from hybridnas.model.attention import Attention, SlidingWindowAttention
-from hybridnas.model.cache import LMCache
+from hybridnas.model.cache import LayerCache, LMCache
 from hybridnas.model.ffn import SwiGLU
+from hybridnas.model.flags import RESIDUAL_OUT
 from hybridnas.model.hybrid import ParallelHybrid
 from hybridnas.model.mamba2 import Mamba2
 from hybridnas.model.moe import MoE
@@ -35,6 +38,23 @@ LAYERS: dict[str, type[nn.Module]] = {
     "E": MoE,
 }
 MIXERS = frozenset("M*WH")  # the layers with a decode cache
+
+
+class Mixer(Protocol):
+    """What :class:`Block` uses of a mixer layer (``MIXERS``) beyond ``nn.Module``. Each
+    class takes its own cache type; ``Any`` here, since the symbol picks the class."""
+
+    def __call__(self, x: Tensor, cache: Any = None, /) -> Tensor: ...
+
+    def step(self, x: Tensor, cache: Any, position: Tensor, /) -> Tensor: ...
+
+    def allocate_cache(
+        self, batch: int, max_len: int, /, *, device: Device = None, dtype: torch.dtype | None = None
+    ) -> LayerCache: ...
+
+
+if TYPE_CHECKING:  # mypy checks that every mixer class implements Mixer; nothing runs
+    _MIXER_CLASSES: tuple[type[Mixer], ...] = (Mamba2, Attention, SlidingWindowAttention, ParallelHybrid)
 
 INIT_STD = 0.02
 
@@ -56,7 +76,13 @@ class Block(nn.Module):
         self.norm = RMSNorm(spec.d_model)
         self.layer = LAYERS[symbol](spec.d_model, layer_idx=layer_idx, spec=spec)
 
-    def forward(self, x: Tensor, cache=None) -> tuple[Tensor, Tensor | None]:
+    @property
+    def mixer(self) -> Mixer:
+        """``layer`` as a mixer; only for ``symbol in MIXERS``."""
+        # LAYERS[symbol] decides the class, which a type checker cannot follow from the symbol
+        return cast(Mixer, self.layer)
+
+    def forward(self, x: Tensor, cache: LayerCache | None = None) -> tuple[Tensor, Tensor | None]:
         """x [batch, T, d_model] -> (x + layer(norm(x)), aux loss or None)."""
         h = self.norm(x)
         if self.symbol in MIXERS:
@@ -66,13 +92,14 @@ class Block(nn.Module):
             return x + y, aux
         return x + self.layer(h), None
 
-    def step(self, x: Tensor, cache, position: Tensor) -> Tensor:
+    def step(self, x: Tensor, cache: LayerCache | None, position: Tensor) -> Tensor:
         """One token x [batch, d_model] at ``position`` (0-d tensor) -> [batch, d_model]."""
         h = self.norm(x)
         if self.symbol in MIXERS:
-            return x + self.layer.step(h, cache, position)
+            return x + self.mixer.step(h, cache, position)
         y = self.layer(h)
-        return x + (y[0] if self.symbol == "E" else y)
+        out: Tensor = x + (y[0] if self.symbol == "E" else y)
+        return out
 
 
 class HybridLM(nn.Module):
@@ -104,7 +131,7 @@ class HybridLM(nn.Module):
         residual_std = INIT_STD / math.sqrt(2 * len(self.spec.pattern))
 
         def init(weight: Tensor, owner: object) -> None:
-            residual = getattr(owner, "is_residual_out", False)
+            residual = getattr(owner, RESIDUAL_OUT, False)
             nn.init.normal_(weight, 0.0, residual_std if residual else INIT_STD)
 
         for module in self.modules():
@@ -113,6 +140,11 @@ class HybridLM(nn.Module):
             elif isinstance(module, MoE):
                 for weight in (module.w_gate, module.w_up, module.w_down):
                     init(weight, weight)
+
+    @property
+    def typed_blocks(self) -> Iterable[Block]:
+        """``blocks``, to a type checker as what it holds (nn.ModuleList yields nn.Module)."""
+        return cast("Iterable[Block]", self.blocks)
 
     # ---- training ----------------------------------------------------------------------
 
@@ -161,13 +193,15 @@ class HybridLM(nn.Module):
 
     # ---- decoding ----------------------------------------------------------------------
 
-    def allocate_cache(self, batch: int, max_len: int, *, device=None, dtype=None) -> LMCache:
+    def allocate_cache(
+        self, batch: int, max_len: int, *, device: Device = None, dtype: torch.dtype | None = None
+    ) -> LMCache:
         """Empty decode state for ``batch`` sequences of up to ``max_len`` tokens."""
         param = self.embed.weight
         device, dtype = device or param.device, dtype or param.dtype
         layers = [
-            block.layer.allocate_cache(batch, max_len, device=device, dtype=dtype) if block.symbol in MIXERS else None
-            for block in self.blocks
+            block.mixer.allocate_cache(batch, max_len, device=device, dtype=dtype) if block.symbol in MIXERS else None
+            for block in self.typed_blocks
         ]
         return LMCache(layers, max_len, torch.zeros((), dtype=torch.long, device=device))
 
@@ -185,7 +219,7 @@ class HybridLM(nn.Module):
         """:meth:`step`'s device work alone: no bounds check and no host bookkeeping
         (``cache.pos`` is left to the caller), so it can be captured in a CUDA graph."""
         x = self.embed(tokens)
-        for block, layer_cache in zip(self.blocks, cache.layers):
+        for block, layer_cache in zip(self.typed_blocks, cache.layers, strict=True):
             x = block.step(x, layer_cache, cache.position)
         cache.position.add_(1)
         return self._logits(self.norm(x))

@@ -8,10 +8,12 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.types import Device
 
 from hybridnas import kernels
 from hybridnas.kernels.conv import conv_state_from_prefix
 from hybridnas.model.cache import Mamba2Cache
+from hybridnas.model.flags import NO_WEIGHT_DECAY, RESIDUAL_OUT, set_flag
 from hybridnas.model.norms import GatedRMSNorm
 from hybridnas.search_space import ArchSpec
 
@@ -50,7 +52,7 @@ class Mamba2(nn.Module):
         self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // s.n_groups)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False) if out_proj else None
         if self.out_proj is not None:
-            self.out_proj.is_residual_out = True
+            set_flag(self.out_proj, RESIDUAL_OUT)
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -62,26 +64,32 @@ class Mamba2(nn.Module):
         self.A_log.copy_(torch.log(torch.empty(self.n_heads).uniform_(*A_INIT_RANGE)))
         self.D.fill_(1.0)
         for p in (self.dt_bias, self.A_log, self.D):
-            p.no_weight_decay = True
+            set_flag(p, NO_WEIGHT_DECAY)
 
     def _split(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return zxbcdt.split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
+        """in_proj's output [..., d_inner + conv_dim + H] -> z [..., d_inner], xBC [..., conv_dim], dt [..., H]."""
+        z, xbc, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.n_heads], dim=-1)
+        return z, xbc, dt
 
     def _ssm_inputs(self, xbc: Tensor, dt: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Split the conv output [..., conv_dim] into x [..., H, P], B and C [..., G, N];
         dt [..., H] -> softplus(dt + bias); A [H]."""
         gn = self.n_groups * self.d_state
-        x, B, C = xbc.split([self.d_inner, gn, gn], dim=-1)
-        x = x.unflatten(-1, (self.n_heads, self.head_dim))
-        B = B.unflatten(-1, (self.n_groups, self.d_state))
-        C = C.unflatten(-1, (self.n_groups, self.d_state))
+        x, B, C = torch.split(xbc, [self.d_inner, gn, gn], dim=-1)
+        x = torch.unflatten(x, -1, (self.n_heads, self.head_dim))
+        B = torch.unflatten(B, -1, (self.n_groups, self.d_state))
+        C = torch.unflatten(C, -1, (self.n_groups, self.d_state))
         dt = F.softplus(dt.float() + self.dt_bias.float())
         A = -torch.exp(self.A_log.float())
         return x, dt, A, B, C
 
     def _out(self, y: Tensor, z: Tensor) -> Tensor:
+        """y, z [..., d_inner] -> [..., d_model] (or [..., d_inner] without out_proj)."""
         y = self.norm(y, z)
-        return self.out_proj(y) if self.out_proj is not None else y
+        if self.out_proj is None:
+            return y
+        out: Tensor = self.out_proj(y)
+        return out
 
     def forward(self, u: Tensor, cache: Mamba2Cache | None = None) -> Tensor:
         """u [batch, T, d_model]; with ``cache`` (empty), also fills it: a prefill."""
@@ -97,8 +105,11 @@ class Mamba2(nn.Module):
             cache.ssm.copy_(final_state)
         return self._out(y.flatten(-2), z)
 
-    def allocate_cache(self, batch: int, max_len: int, *, device=None, dtype=None) -> Mamba2Cache:
-        """Constant in ``max_len``: the SSM state and the last K conv inputs."""
+    def allocate_cache(
+        self, batch: int, max_len: int, *, device: Device = None, dtype: torch.dtype | None = None
+    ) -> Mamba2Cache:
+        """Constant in ``max_len``: the SSM state [batch, H, P, N] and the last K conv inputs
+        [batch, conv_dim, K], zeroed."""
         conv = torch.zeros(batch, self.conv_dim, self.conv1d.kernel_size[0], device=device, dtype=dtype)
         ssm = torch.zeros(batch, self.n_heads, self.head_dim, self.d_state, device=device, dtype=dtype)
         return Mamba2Cache(conv, ssm)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from hybridnas import kernels
 from hybridnas.model.ffn import SwiGLU
+from hybridnas.model.flags import RESIDUAL_OUT, set_flag
 from hybridnas.search_space import ArchSpec
 
 __all__ = ["MoE"]
@@ -29,6 +30,10 @@ INIT_STD = 0.02
 
 class MoE(nn.Module):
     """[..., d_model] -> ([..., d_model], aux_loss scalar)."""
+
+    # buffers, registered in __init__ (declared here for type checkers)
+    expert_bias: Tensor  # [E] aux-loss-free routing bias
+    expert_load: Tensor  # [E] tokens per expert since the last update_balance
 
     def __init__(self, d_model: int, *, layer_idx: int, spec: ArchSpec) -> None:
         super().__init__()
@@ -40,7 +45,7 @@ class MoE(nn.Module):
         self.w_gate = nn.Parameter(torch.randn(m.n_experts, d_model, m.d_expert) * INIT_STD)
         self.w_up = nn.Parameter(torch.randn(m.n_experts, d_model, m.d_expert) * INIT_STD)
         self.w_down = nn.Parameter(torch.randn(m.n_experts, m.d_expert, d_model) * INIT_STD)
-        self.w_down.is_residual_out = True
+        set_flag(self.w_down, RESIDUAL_OUT)
         self.shared = (
             SwiGLU(d_model, layer_idx=layer_idx, spec=spec, d_ffn=m.n_shared * m.d_expert) if m.n_shared else None
         )

@@ -34,7 +34,7 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         y = x.float() * F.silu(z.float())
-        groups = y.unflatten(-1, (-1, self.group_size))
+        groups = torch.unflatten(y, -1, (-1, self.group_size))  # [..., C / group_size, group_size]
         groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + EPS)
         return (groups.flatten(-2) * self.weight).to(x.dtype)
 

@@ -1,6 +1,3 @@
-"""Everything that scores a candidate. ``cost`` is analytic and needs no torch; import the
-heavier proxies (FLOP cross-checks, speed, recall tasks) from their own modules."""
-
-from hybridnas.proxies.cost import CostReport, LayerCost, cost, train_flops_per_token
-
-__all__ = ["cost", "CostReport", "LayerCost", "train_flops_per_token"]
+"""Everything that scores a candidate: FLOP cross-checks (``flops``), measured speed (``speed``),
+synthetic recall tasks (``synthetic``, ``recall``) and long-context probes (``longctx``); import
+each from its own module. The analytic cost model lives in :mod:`hybridnas.search_space.cost`."""

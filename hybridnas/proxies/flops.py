@@ -1,6 +1,6 @@
 """FLOPs of the real model, counted by tools that do not know our cost model.
 
-Two independent counters check :mod:`hybridnas.proxies.cost`:
+Two independent counters check :mod:`hybridnas.search_space.cost`:
 
 - ``count_torch``: torch's ``FlopCounterMode`` over one training step (forward + backward of
   ``HybridLM.loss``), on the meta device, so any size costs no memory. MoE specs run on CPU
@@ -34,8 +34,8 @@ from hybridnas.kernels.attention import window_mask
 from hybridnas.kernels.moe import expert_swiglu
 from hybridnas.kernels.ssd import ssd_chunked
 from hybridnas.model import HybridLM
-from hybridnas.proxies.cost import attention_pairs, attention_shape
 from hybridnas.search_space import ArchSpec
+from hybridnas.search_space.cost import attention_pairs, attention_shape
 
 __all__ = ["TorchCount", "count_torch", "count_fvcore", "attention_dense_gap", "module_table"]
 

@@ -411,7 +411,8 @@ _EXTRAPOLATION_KW = frozenset({"factors", "n_seqs", "chunk_tokens"})
 
 def probe_long_context(model, data, *, train_seq_len: int, **kw) -> dict:
     """Both probes as one JSON-ready dict: {"passkey": score, "passkey_cells": [...],
-    "passkey_by_factor": {"1": ...}, "val_loss@1x": ..., "val_loss@2x": ..., ...}.
+    "passkey_by_factor": {"1": ...}, "val_loss_1x": ..., "val_loss_2x": ..., ...}, the
+    length-extrapolation keys spelled as the study objectives ``val_loss_2x`` / ``val_loss_4x``.
 
     ``kw`` goes to :func:`passkey_probe` (length_factors, depths, trials, digits, seed) or
     :func:`length_extrapolation` (factors, n_seqs, chunk_tokens); ``device`` to both. The
@@ -433,5 +434,5 @@ def probe_long_context(model, data, *, train_seq_len: int, **kw) -> dict:
         "passkey": passkey["score"],
         "passkey_cells": passkey["cells"],
         "passkey_by_factor": passkey["accuracy_by_factor"],
-        **{f"val_loss@{factor:g}x": loss for factor, loss in losses.items()},
+        **{f"val_loss_{factor:g}x": loss for factor, loss in losses.items()},
     }

@@ -1,7 +1,7 @@
 """Measured speed of a candidate on the GPU: training throughput and MFU, peak memory,
 prefill and decode throughput at long contexts.
 
-- Training: the trainer's own optimiser step (``hybridnas.trainer``'s ``_Run.train_step``:
+- Training: the trainer's own optimiser step (``hybridnas.trainer``'s ``Run.train_step``:
   bf16 autocast, fused AdamW, gradient clipping), timed with CUDA events after warm-up,
   median of repeats. MFU = tokens/s x analytic training FLOPs/token / the device's peak.
 - Prefill: one forward pass of ``batch`` x ``context`` tokens that fills a decode cache.
@@ -74,8 +74,7 @@ def measure_training(
     missing = _no_cuda()
     if missing is not None:
         return missing
-    from hybridnas.trainer import TrainConfig, load_tokens, make_plan
-    from hybridnas.trainer.train import _peak_flops, _Run
+    from hybridnas.trainer import Run, TrainConfig, load_tokens, make_plan, peak_flops
 
     config = TrainConfig(tokenizer="bytes", seq_len=seq_len, batch_tokens=batch * seq_len, micro_batch=micro_batch,
                          compile=compile, progress=False, device="cuda", val_sequences=1)
@@ -83,14 +82,13 @@ def measure_training(
     # LM head costs what it will cost in a study
     data = load_tokens("sotu", "bytes", cache_dir=config.cache_dir)
     plan = make_plan(spec, 1e30, config)  # a budget that never ends inside the measurement
-    run = _Run(spec, 1e30, config, data, plan)
-    run.build()
+    run = Run(spec, 1e30, config, data, plan)
     torch.cuda.reset_peak_memory_stats()
     step = iter(range(10**9))
     seconds = cuda_time(lambda: run.train_step(next(step), config.lr), repeats, warmup)
     tokens_per_s = batch * seq_len / seconds
     device = torch.device("cuda")
-    peak = _peak_flops(device)
+    peak = peak_flops(device)
     return SpeedReport(
         device=torch.cuda.get_device_name(device),
         train_tokens_per_s=tokens_per_s,

@@ -17,7 +17,7 @@ Placements, for ``n`` mixers of which ``a`` carry attention (0-indexed mixer pos
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 from hybridnas.search_space.errors import SpecError
@@ -32,7 +32,8 @@ def _even(n: int, a: int) -> list[int]:
     # Megatron's allocator: walk the stack spending a Mamba budget of one run length;
     # when less than half a layer of the run is left, place attention and start a new run.
     run = (n - a) / (a + 1)
-    left, picked = run, []
+    left = run
+    picked: list[int] = []
     for i in range(n):
         if left < 0.5 and len(picked) < a:
             picked.append(i)
@@ -69,7 +70,7 @@ def placement_indices(n_mixers: int, n_attn: int, placement: Placement | Sequenc
     a, n = n_attn, n_mixers
     if a == 0:
         return ()
-    builders = {
+    builders: dict[str, Callable[[], Iterable[int]]] = {
         "even": lambda: _even(n, a),
         "middle": lambda: _middle(n, a),
         "front": lambda: range(a),

@@ -29,11 +29,12 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hybridnas.search_space.errors import SpecError, format_validation_error
+from hybridnas.errors import format_validation_error
+from hybridnas.search_space.errors import SpecError
 from hybridnas.search_space.pattern import ATTENTION_SYMBOLS, MIXER_SYMBOLS, check_pattern
 
 __all__ = ["ArchSpec", "AttnConfig", "SSMConfig", "HybridConfig", "MoEConfig", "Dims", "HybridDims"]
@@ -178,6 +179,27 @@ class ArchSpec(_Frozen):
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:10]
 
+    @property
+    def key(self) -> str:
+        """The identity of the function this spec computes: a 16-hex-digit hash of the spec
+        with the sections its layout does not use left out (a pure-Mamba spec's attention
+        heads, a dense spec's MoE settings, the window without ``W`` layers). Identical keys,
+        identical models; a study reuses one trial's result for an identical candidate by it."""
+        data = self.to_dict()
+        used = set(self.pattern)
+        if not used & ATTENTION_SYMBOLS:
+            data.pop("attn")
+        elif "W" not in used:
+            data["attn"].pop("window")
+        if not used & {"M", "H"}:
+            data.pop("ssm")
+        if "H" not in used:
+            data.pop("hybrid")
+        if "E" not in used:
+            data.pop("moe")
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
     # ---- derived structure --------------------------------------------------------------
 
     @property
@@ -274,11 +296,11 @@ def _largest_divisor_at_most(n: int, limit: int) -> int:
     return max(k for k in range(1, max(1, min(n, limit)) + 1) if n % k == 0)
 
 
-def _is_positive_int(x: Any, minimum: int = 1) -> bool:
+def _is_positive_int(x: Any, minimum: int = 1) -> TypeGuard[int]:
     return isinstance(x, int) and not isinstance(x, bool) and x >= minimum
 
 
-def _section(data: dict, key: str) -> dict | None:
+def _section(data: dict[str, Any], key: str) -> dict[str, Any] | None:
     """The nested section ``key`` as a fresh dict, or None if it is not a mapping."""
     value = data.get(key, {})
     if isinstance(value, BaseModel):
@@ -286,7 +308,7 @@ def _section(data: dict, key: str) -> dict | None:
     return dict(value) if isinstance(value, dict) else None
 
 
-def _fill_derived(raw: dict) -> dict:
+def _fill_derived(raw: dict[str, Any]) -> dict[str, Any]:
     """Fill every size left out of ``raw`` that follows from d_model (see module docstring).
 
     Inputs of the wrong type are left alone for field validation to report."""

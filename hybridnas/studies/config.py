@@ -23,16 +23,28 @@ from __future__ import annotations
 
 import re
 import tomllib
+from dataclasses import dataclass
 from fractions import Fraction
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from hybridnas.errors import UserError, format_validation_error
 from hybridnas.search_space.errors import SpecError
 from hybridnas.search_space.layout import PLACEMENTS
 from hybridnas.search_space.spec import ArchSpec
+from hybridnas.studies.objectives import DEFAULT_CONTEXT, REGISTRY, ObjectiveRef, names
 from hybridnas.trainer.config import TrainConfig
 
 __all__ = [
@@ -46,66 +58,86 @@ __all__ = [
     "Objective",
     "BudgetConfig",
     "SamplerConfig",
-    "OBJECTIVES",
-    "RECALL_OBJECTIVES",
-    "LONG_CONTEXT_OBJECTIVES",
-    "MAXIMIZED",
     "RecallSettings",
     "BASELINES",
+    "RECALL_TASKS",
+    "Ratio",
+    "Split",
     "load_study_config",
     "preset_names",
-    "parse_ratio",
-    "split_fraction",
 ]
 
-# scored by training shrunk copies on synthetic tasks (hybridnas.proxies.recall): per-task
-# accuracy, and "recall", the mean over [recall] tasks
-RECALL_OBJECTIVES = ("mqar", "in_context_recall", "fuzzy_recall", "noisy_recall", "selective_copying",
-                     "compression", "memorization", "recall")
-# probes of the trained model (hybridnas.proxies.longctx): passkey retrieval up to 2x the
-# training length, validation loss at 2x and 4x it
-LONG_CONTEXT_OBJECTIVES = ("passkey", "val_loss_2x", "val_loss_4x")
-OBJECTIVES = (
-    "val_loss",
-    "params",
-    "params_active",
-    "train_flops",
-    "cache_bytes",
-    "decode_tokens_per_s",
-    "prefill_tokens_per_s",
-    *RECALL_OBJECTIVES,
-    *LONG_CONTEXT_OBJECTIVES,
-)
-MAXIMIZED = frozenset({"decode_tokens_per_s", "prefill_tokens_per_s", *RECALL_OBJECTIVES, "passkey"})
-CONTEXT_OBJECTIVES = frozenset({"cache_bytes", "decode_tokens_per_s", "prefill_tokens_per_s"})
+# the synthetic tasks a recall objective can score (the registry's recall entries but the
+# "recall" summary, which averages the study's [recall] tasks)
+RECALL_TASKS = tuple(m.task for m in REGISTRY.values() if m.task is not None)
 BASELINES = ("attention", "mamba2", "bae-inter-1:5", "bae-intra-1:5")
-DEFAULT_CONTEXT = 8192
 
 
-class StudyConfigError(ValueError):
+class StudyConfigError(UserError):
     """An invalid study file or override; the message is one line naming the dotted key."""
 
 
-# ---- ratios ------------------------------------------------------------------------------
+# ---- ratios: parsed once, when the study file is validated ----------------------------------
 
 
-def parse_ratio(text: str) -> tuple[int, int]:
-    """``"1:5"`` -> (1, 5): non-negative integers, not both zero."""
-    parts = text.split(":") if isinstance(text, str) else []
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"{text!r} is not a ratio such as 1:5")
-    a, b = int(parts[0]), int(parts[1])
-    if a + b == 0:
-        raise ValueError(f"{text!r}: parts must not both be zero")
-    return a, b
+@dataclass(frozen=True)
+class Ratio:
+    """An ``attention:mamba`` ratio such as ``"1:5"``: non-negative integers, not both zero.
+    ``str(ratio)`` is its spelling in study files and Optuna parameters."""
+
+    attn: int
+    ssm: int
+
+    @classmethod
+    def parse(cls, text: Any) -> Ratio:
+        if isinstance(text, Ratio):
+            return text
+        parts = text.split(":") if isinstance(text, str) else []
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"{text!r} is not a ratio such as 1:5")
+        ratio = cls(int(parts[0]), int(parts[1]))
+        if ratio.attn + ratio.ssm == 0:
+            raise ValueError(f"{text!r}: parts must not both be zero")
+        return ratio
+
+    def __str__(self) -> str:
+        return f"{self.attn}:{self.ssm}"
+
+    @property
+    def fraction(self) -> float:
+        """The attention share, attn / (attn + ssm)."""
+        return float(Fraction(self.attn, self.attn + self.ssm))
+
+    def same_as(self, other: Ratio) -> bool:
+        """The same share (1:2 and 2:4 are)."""
+        return self.attn * other.ssm == self.ssm * other.attn
 
 
-def split_fraction(choice: str | float) -> float:
-    """The attention share of an ``H`` block: ``"2:1"`` (attention:SSM) -> 2/3, or a float."""
-    if isinstance(choice, str):
-        a, b = parse_ratio(choice)
-        return float(Fraction(a, a + b))
-    return float(choice)
+@dataclass(frozen=True)
+class Split:
+    """The attention share of an ``H`` block's channels: written ``"2:1"`` (attention:SSM)
+    or as a fraction in (0, 1). ``choice`` is the value as written (the Optuna parameter)."""
+
+    choice: str | float
+    fraction: float
+
+    @classmethod
+    def parse(cls, choice: Any) -> Split:
+        if isinstance(choice, Split):
+            return choice
+        if isinstance(choice, str):
+            ratio = Ratio.parse(choice)
+            if ratio.attn == 0 or ratio.ssm == 0:
+                raise ValueError(f"{choice!r} leaves a branch of the H block empty")
+            return cls(choice, ratio.fraction)
+        if isinstance(choice, bool) or not isinstance(choice, int | float) or not 0 < choice < 1:
+            raise ValueError(f"{choice!r} is not a ratio such as 1:2 or a fraction in (0, 1)")
+        return cls(float(choice), float(choice))
+
+
+# in a study file and in the saved config, the text as written; in code, the typed value
+RatioField = Annotated[Ratio, BeforeValidator(Ratio.parse), PlainSerializer(str, return_type=str)]
+SplitField = Annotated[Split, BeforeValidator(Split.parse), PlainSerializer(lambda s: s.choice)]
 
 
 # ---- choices: a single value or a list ----------------------------------------------------
@@ -192,13 +224,13 @@ class SpaceConfig(_Section):
     neither means ``attn_ratio = "1:5"``."""
 
     n_attn: Annotated[tuple[Annotated[int, Field(ge=0)], ...], BeforeValidator(_as_tuple)] | IntRange | None = None
-    attn_ratio: Choices(str) | None = None
+    attn_ratio: Choices(RatioField) | None = None
     placement: Choices(Literal[PLACEMENTS]) = ("even",)  # type: ignore[valid-type]
     fusion: Choices(Literal["inter", "intra"]) = ("inter",)
     attention: Choices(Literal["global", "window"]) = ("global",)  # inter-layer attention only
     window: Choices(Annotated[int, Field(gt=0)]) = (512,)  # keys per query for "window"
     rope: Choices(bool) = (True,)
-    attn_fraction: tuple[str | float, ...] = ("1:1",)  # H blocks: "attention:SSM" or a fraction
+    attn_fraction: tuple[SplitField, ...] = (Split("1:1", 0.5),)  # H blocks: "attention:SSM" or a fraction
     merge: MergeSpace = MergeSpace()
     moe: MoESpace = MoESpace()
 
@@ -207,28 +239,14 @@ class SpaceConfig(_Section):
     def _n_attn(cls, value: Any) -> Any:
         return IntRange(**value) if isinstance(value, dict) else value
 
-    @field_validator("attn_ratio")
-    @classmethod
-    def _ratios(cls, value: tuple | None) -> tuple | None:
-        for text in value or ():
-            parse_ratio(text)
-        return value
-
     @field_validator("attn_fraction", mode="before")
     @classmethod
     def _fractions(cls, value: Any) -> tuple:
-        # checked by hand: a str | float union would report one error per branch
+        # parsed here: a str | float union would report one error per branch
         value = _as_tuple(value)
         if not value:
             raise ValueError("needs at least one choice")
-        for choice in value:
-            if isinstance(choice, str):
-                a, b = parse_ratio(choice)
-                if a == 0 or b == 0:
-                    raise ValueError(f"{choice!r} leaves a branch of the H block empty")
-            elif isinstance(choice, bool) or not isinstance(choice, int | float) or not 0 < choice < 1:
-                raise ValueError(f"{choice!r} is not a ratio such as 1:2 or a fraction in (0, 1)")
-        return value
+        return tuple(Split.parse(choice) for choice in value)
 
     @model_validator(mode="after")
     def _one_share(self) -> SpaceConfig:
@@ -241,7 +259,7 @@ class SpaceConfig(_Section):
         """Which attention-share dimension is used, and its choices."""
         if self.n_attn is not None:
             return "n_attn", self.n_attn
-        return "attn_ratio", self.attn_ratio or ("1:5",)
+        return "attn_ratio", self.attn_ratio or (Ratio(1, 5),)
 
 
 class SizeConfig(_Section):
@@ -286,27 +304,37 @@ class SizeConfig(_Section):
         return self
 
 
-class Objective(_Section):
-    """One objective; ``context`` (tokens) only for cache_bytes and the speed objectives."""
+_WITH_CONTEXT = tuple(sorted(n for n, m in REGISTRY.items() if m.takes_context))
 
-    name: Literal[OBJECTIVES]  # type: ignore[valid-type]
+
+class Objective(_Section):
+    """One ``[[objectives]]`` entry, a name of the registry (``studies/objectives.py``);
+    ``context`` (tokens) only for those taken at a context. :attr:`ref` is the typed value
+    the rest of hybridnas reads."""
+
+    name: Literal[names()]  # type: ignore[valid-type]
     direction: Literal["minimize", "maximize"] | None = None
     context: Annotated[int, Field(gt=0)] | None = None
 
     @model_validator(mode="after")
     def _defaults(self) -> Objective:
-        if self.context is not None and self.name not in CONTEXT_OBJECTIVES:
-            raise ValueError(f"context: only for {', '.join(sorted(CONTEXT_OBJECTIVES))}, not {self.name}")
-        if self.name in CONTEXT_OBJECTIVES and self.context is None:
+        takes_context = REGISTRY[self.name].takes_context
+        if self.context is not None and not takes_context:
+            raise ValueError(f"context: only for {', '.join(_WITH_CONTEXT)}, not {self.name}")
+        if takes_context and self.context is None:
             object.__setattr__(self, "context", DEFAULT_CONTEXT)
         if self.direction is None:
-            object.__setattr__(self, "direction", "maximize" if self.name in MAXIMIZED else "minimize")
+            object.__setattr__(self, "direction", REGISTRY[self.name].direction)
         return self
+
+    @property
+    def ref(self) -> ObjectiveRef:
+        return ObjectiveRef(self.name, self.direction, self.context)
 
     @property
     def label(self) -> str:
         """A short unique name, e.g. ``val_loss`` or ``decode_tokens_per_s@32768``."""
-        return self.name if self.context is None else f"{self.name}@{self.context}"
+        return self.ref.label
 
 
 class BudgetConfig(_Section):
@@ -330,7 +358,7 @@ class RecallSettings(_Section):
     the shrunk width and state, the learning-rate grid and steps per task, the tasks the
     "recall" summary averages, and the recall family's sequence length and MQAR pairs."""
 
-    tasks: tuple[Literal[RECALL_OBJECTIVES[:-1]], ...] = ("mqar", "in_context_recall", "noisy_recall",  # type: ignore[valid-type]
+    tasks: tuple[Literal[RECALL_TASKS], ...] = ("mqar", "in_context_recall", "noisy_recall",  # type: ignore[valid-type]
                                                           "selective_copying")
     d_model: Annotated[int, Field(ge=8)] = 64
     head_dim: Annotated[int, Field(ge=4)] = 16
@@ -435,6 +463,11 @@ class StudyConfig(_Section):
         return self
 
     @property
+    def refs(self) -> tuple[ObjectiveRef, ...]:
+        """The objectives as typed values, in order."""
+        return tuple(o.ref for o in self.objectives)
+
+    @property
     def directions(self) -> list[str]:
         """For ``optuna.create_study(directions=...)``, in objective order."""
         return [o.direction for o in self.objectives]
@@ -511,85 +544,7 @@ def parse_study_config(data: dict) -> StudyConfig:
     try:
         return StudyConfig(**data)
     except ValidationError as exc:
-        raise StudyConfigError(_format(exc)) from None
+        raise StudyConfigError(format_validation_error(exc, StudyConfig, style="toml")) from None
 
 
 __all__ += ["parse_study_config"]
-
-
-# ---- one-line errors ---------------------------------------------------------------------
-
-
-def _format(exc: ValidationError) -> str:
-    messages = []
-    for error in exc.errors(include_url=False):
-        text = _format_one(error)
-        if text not in messages:
-            messages.append(text)
-    return "; ".join(messages)
-
-
-def _format_one(error: dict) -> str:
-    # List indices and union branch names (e.g. "tuple[...]", "function-after[...]") are noise
-    # in a path a user reads: keep the TOML keys.
-    keys = [str(p) for p in error["loc"] if isinstance(p, str) and "[" not in p and p not in _TYPE_TAGS]
-    path = ".".join(keys)
-    kind, ctx = error["type"], error.get("ctx", {})
-    if kind == "extra_forbidden":
-        allowed = ", ".join(_allowed_keys(keys[:-1]))
-        return f"unknown key {path!r} (allowed: {allowed})"
-    if kind == "value_error":
-        message = str(ctx.get("error", error["msg"]))
-        return _prefixed(path, message)
-    if kind == "literal_error":
-        allowed = ", ".join(part.strip("'") for part in re.split(r", | or ", ctx["expected"]))
-        return f"{path}: {error['input']!r} is not one of {allowed}"
-    if kind == "missing":
-        return f"{path}: required"
-    return f"{path}={error['input']!r}: {error['msg'][0].lower()}{error['msg'][1:]}"
-
-
-_TYPE_TAGS = frozenset({"int", "float", "str", "bool", "IntRange", "none", "tuple"})
-
-
-def _prefixed(path: str, message: str) -> str:
-    """``path: message``, unless the message already starts with a key of the section
-    (``trainer.warmup_frac=0.5 + ...`` reads better than ``trainer: warmup_frac=0.5 + ...``)."""
-    if not path:
-        return message
-    if "; " in message:  # TrainConfig reports all its errors in one message
-        return "; ".join(_prefixed(path, part) for part in message.split("; "))
-    unknown = re.fullmatch(r"([\w.]+): unknown key, expected one of (.*)", message)
-    if unknown:  # TrainConfig's wording, in ours
-        return f"unknown key '{path}.{unknown[1]}' (allowed: {unknown[2]})"
-    model = _model_at(path.split("."))
-    first = re.match(r"[a-z_]+", message)
-    if model is not None and first and first[0] in model.model_fields:
-        return f"{path}.{message}"
-    return f"{path}: {message}"
-
-
-def _model_at(keys: list[str]) -> type[BaseModel] | None:
-    model: Any = StudyConfig
-    for key in keys:
-        field = getattr(model, "model_fields", {}).get(key)
-        if field is None:
-            return None
-        model = _model_of(field.annotation)
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _model_of(annotation: Any) -> Any:
-    """The BaseModel inside an annotation (``X``, ``X | None``, ``tuple[X, ...]``), or None."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _model_of(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _allowed_keys(keys: list[str]) -> list[str]:
-    model = _model_at(keys) if keys else StudyConfig
-    return list(model.model_fields) if model is not None else []

@@ -8,6 +8,16 @@ pruners handle one objective only; this rule is what lets a multi-objective stud
 "Within the top 1/eta": fewer than ceil(n / eta) of the n trials at the rung lie in strictly
 better fronts. Asynchronous, as in ASHA: a trial is judged against those that reached the
 rung before it, so the first trial at a rung always goes on.
+
+Ranks follow :mod:`hybridnas.pareto`: identical points share a front, and a point with a NaN
+or an infinity is invalid, in a last front of its own (every valid point is better than it).
+
+Each rung keeps its points in a numpy array and their ranks, updated as a point arrives
+instead of re-sorting the rung: a new point p only raises the ranks of the points it
+dominates, each to at least rank(p) + 1 + its rank among those points (the longest chain of
+dominance from p to it), so one decision costs a few vectorised scans of the rung plus, when
+a rank can change, one non-dominated sort of some of the m points p dominates (O(m log m) in
+2 objectives): about linear in the rung's size, where re-sorting the rung was quadratic.
 """
 
 from __future__ import annotations
@@ -16,27 +26,88 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["ParetoHalving", "front_indices", "dominates"]
+import numpy as np
+
+from hybridnas.pareto import nondominated_ranks
+
+__all__ = ["ParetoHalving"]
 
 
-def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    """a is no worse than b everywhere and better somewhere (all objectives minimised)."""
-    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+class _Rung:
+    """The points that reached one rung (minimised), in arrival order, and their ranks.
 
+    ``cols[j]`` holds objective j of every point (a column each, so that comparisons are
+    contiguous); ``ranks`` the non-dominated rank among the valid points; invalid rows (NaN or
+    inf) are kept but never ranked. Arrays grow by doubling."""
 
-def front_indices(points: Sequence[Sequence[float]]) -> list[int]:
-    """The non-dominated front of each point, 0 for the Pareto set (all minimised).
-    O(n^2) per front: rungs hold tens to hundreds of trials."""
-    remaining = set(range(len(points)))
-    fronts = [0] * len(points)
-    level = 0
-    while remaining:
-        front = {i for i in remaining if not any(dominates(points[j], points[i]) for j in remaining if j != i)}
-        for i in front:
-            fronts[i] = level
-        remaining -= front
-        level += 1
-    return fronts
+    def __init__(self, k: int) -> None:
+        self.k, self.n = k, 0
+        self.cols = np.zeros((k, 16))
+        self.valid = np.zeros(16, dtype=bool)
+        self.ranks = np.zeros(16, dtype=np.int64)
+        self.row: dict[str, int] = {}  # trial -> row
+
+    def add(self, trial: str, point: np.ndarray) -> tuple[int, int]:
+        """Put trial's point in; (points at the rung, points in strictly better fronts than
+        trial's)."""
+        ok = bool(np.isfinite(point).all())
+        if trial in self.row:  # a point reported again (a restored trial): replace it, re-sort
+            i = self.row[trial]
+            self.cols[:, i], self.valid[i] = point, ok
+            self._rerank()
+        else:
+            i = self.row[trial] = self.n
+            if i == len(self.valid):
+                self.cols = np.concatenate([self.cols, np.zeros_like(self.cols)], axis=1)
+                self.valid = np.concatenate([self.valid, np.zeros_like(self.valid)])
+                self.ranks = np.concatenate([self.ranks, np.zeros_like(self.ranks)])
+            self.cols[:, i], self.valid[i], self.ranks[i] = point, ok, 0
+            self.n += 1
+            if ok:
+                self._insert(i)
+        n, valid, ranks = self.n, self.valid[: self.n], self.ranks[: self.n]
+        if not ok:  # last front: every valid point is better
+            return n, int(np.count_nonzero(valid))
+        return n, int(np.count_nonzero(valid & (ranks < ranks[i])))
+
+    def _weakly(self, p: np.ndarray, i: int, below: bool) -> np.ndarray:
+        """[i] bool over the first i rows: row <= p everywhere (below) or row >= p (not below)."""
+        out = np.ones(i, dtype=bool)
+        for column, value in zip(self.cols[:, :i], p.tolist()):
+            out &= column <= value if below else column >= value
+        return out
+
+    def _insert(self, i: int) -> None:
+        """Rank the new valid row i (the last one) and raise the ranks it changes."""
+        valid, ranks = self.valid[:i], self.ranks[:i]
+        p = self.cols[:, i]
+        le, ge = self._weakly(p, i, True), self._weakly(p, i, False)
+        dominating = valid & le & ~ge  # <= everywhere and not equal
+        rank = int(ranks[dominating].max()) + 1 if dominating.any() else 0
+        self.ranks[i] = rank
+        dominated = valid & ge & ~le
+        # A point q that p dominates gets max(its rank, rank(p) + 1 + its rank among the points
+        # p dominates): the longest chain through p. Ranks rise by at least one along a chain,
+        # so only a chain starting at a seed (a dominated point ranked no worse than p) can beat
+        # q's rank, and such a chain stays among the points a seed weakly dominates: only they
+        # need sorting. Usually there is no seed, or one or two.
+        seeds = np.flatnonzero(dominated & (ranks <= rank))
+        if not seeds.size:
+            return
+        if seeds.size <= 32:  # else sort them all: the same ranks, fewer scans
+            reach = np.zeros(i, dtype=bool)
+            for seed in seeds:
+                reach |= self._weakly(self.cols[:, seed], i, False)
+            dominated &= reach
+        idx = np.flatnonzero(dominated)
+        chain = rank + 1 + nondominated_ranks(self.cols[:, idx].T, ["minimize"] * self.k)
+        ranks[idx] = np.maximum(ranks[idx], chain)
+
+    def _rerank(self) -> None:
+        n = self.n
+        valid = self.valid[:n]
+        self.ranks[:n] = 0
+        self.ranks[:n][valid] = nondominated_ranks(self.cols[:, :n].T[valid], ["minimize"] * self.k)
 
 
 @dataclass
@@ -47,16 +118,14 @@ class ParetoHalving:
 
     eta: float
     signs: tuple[int, ...]
-    reached: dict[int, dict[str, tuple[float, ...]]] = field(default_factory=dict)
+    reached: dict[int, _Rung] = field(default_factory=dict)
 
     def decide(self, trial: str, rung: int, point: Sequence[float]) -> str:
         if len(point) != len(self.signs):
             raise ValueError(f"rung point has {len(point)} values, expected {len(self.signs)}")
-        at_rung = self.reached.setdefault(rung, {})
-        at_rung[trial] = tuple(s * v for s, v in zip(self.signs, point))
-        names = list(at_rung)
-        fronts = front_indices([at_rung[n] for n in names])
-        mine = fronts[names.index(trial)]
-        better = sum(f < mine for f in fronts)
-        return "continue" if better < math.ceil(len(names) / self.eta) else "stop"
+        at_rung = self.reached.get(rung)
+        if at_rung is None:
+            at_rung = self.reached[rung] = _Rung(len(self.signs))
+        n, better = at_rung.add(trial, np.asarray(point, dtype=float) * np.asarray(self.signs, dtype=float))
+        return "continue" if better < math.ceil(n / self.eta) else "stop"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import optuna
 
+from hybridnas.pareto import pareto_front
 from hybridnas.studies.driver import OptunaBridge, ParetoScheduler, Tally
-from hybridnas.studies.halving import ParetoHalving, front_indices
 from hybridnas.studies.storage import ResultsStore, normalize_url
 
 __all__ = ["launch", "LaunchReport", "pareto_rows", "runs_dir_for"]
@@ -104,14 +104,13 @@ def launch(target: str, *, storage: str | None = None, ray_address: str | None =
     resources = {"gpu": 1, "cpu": 2} if gpus else {"cpu": 1}
 
     tally = Tally()
-    signs = tuple(1 if o.direction == "minimize" else -1 for o in config.objectives)
-    static_signs = tuple(s for o, s in zip(config.objectives, signs) if o.name in ("params", "params_active", "train_flops", "cache_bytes"))
-    scheduler = ParetoScheduler(ParetoHalving(eta=config.budget.eta, signs=(1, *static_signs)), {})
+    scheduler = ParetoScheduler.for_study(config)
     runs = runs_dir_for(url, config.name)
     runs.mkdir(parents=True, exist_ok=True)
-    line = _ProgressLine(tally, study, config.trials) if progress else (lambda: None)
     bridge = OptunaBridge(study=study, space=space, config=config, store=store, scheduler=scheduler,
-                          trial_root=runs / "trials", tally=tally, on_change=line)
+                          trial_root=runs / "trials", tally=tally)
+    if progress:
+        bridge.on_change = _ProgressLine(bridge, config.trials)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables on stdout
     tuner = tune.Tuner(
         tune.with_resources(run_trial, resources),
@@ -121,42 +120,33 @@ def launch(target: str, *, storage: str | None = None, ray_address: str | None =
                                   failure_config=tune.FailureConfig(max_failures=1)),
     )
     tuner.fit()
-    report = LaunchReport(config.name, url, tally, pareto_rows(store, config), list(config.objectives))
+    report = LaunchReport(config.name, url, tally, pareto_rows(store, config), list(config.refs))
     store.dispose()
     return report
 
 
 def pareto_rows(store: ResultsStore, config) -> list[dict]:
-    """The complete trials on the first front of the study's objectives."""
-    names = [o.name for o in config.objectives]
-    signs = [1 if o.direction == "minimize" else -1 for o in config.objectives]
+    """The complete trials on the first front of the study's objectives (a reused result is
+    its twin's point again, so left out), by the first objective."""
+    refs = config.refs
     rows = [r for r in store.rows(config.name) if r["status"] == "complete" and r.get("reused_from") is None]
-    points = []
-    for r in rows:
-        metrics = r.get("metrics") or {}
-        points.append([s * _value(r, metrics, o) for s, o in zip(signs, config.objectives)])
-    keep = [r for r, f in zip(rows, front_indices(points)) if f == 0]
-    return sorted(keep, key=lambda r: r.get(names[0]) or 0.0)
-
-
-def _value(row: dict, metrics: dict, objective) -> float:
-    if objective.name in ("decode_tokens_per_s", "prefill_tokens_per_s"):
-        return float(metrics.get(f"{objective.name.split('_')[0]}_tokens_per_s@{objective.context}") or 0.0)
-    value = row.get(objective.name, metrics.get(objective.name))
-    return float(value if value is not None else metrics.get(objective.name, float("inf")))
+    points = [[ref.value(r) for ref in refs] for r in rows]
+    front = pareto_front(points, [ref.direction for ref in refs]) if rows else []
+    return sorted((rows[i] for i in front), key=lambda r: refs[0].value(r))
 
 
 class _ProgressLine:
     """One status line on stderr whenever a count changes (a bar on an interactive terminal
     would fight Ray's own output)."""
 
-    def __init__(self, tally: Tally, study: optuna.Study, total: int) -> None:
-        self.tally, self.study, self.total, self.last = tally, study, total, None
+    def __init__(self, bridge: OptunaBridge, total: int) -> None:
+        self.bridge, self.total, self.last = bridge, total, None
 
     def __call__(self) -> None:
-        t = self.tally
-        # Optuna's first front of complete trials; a reused result is the same point
-        pareto = len({tuple(b.values) for b in self.study.best_trials}) if t.done else 0
+        t = self.bridge.tally
+        # the first front of the complete trials' values; a reused result is the same point
+        points = sorted(set(self.bridge.complete_values))
+        pareto = len(pareto_front(points, list(self.bridge.config.directions))) if points else 0
         text = (f"trials {t.done + t.pruned + t.failed}/{self.total}: {t.done} complete, {len(t.running)} running, "
                 f"{t.failed} failed, {t.pruned} pruned, {t.reused} reused, {t.infeasible} infeasible; "
                 f"Pareto set {pareto}")

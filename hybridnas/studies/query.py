@@ -13,8 +13,8 @@ from typing import Any
 
 import optuna
 
-from hybridnas.studies.config import MAXIMIZED
-from hybridnas.studies.halving import front_indices
+from hybridnas.pareto import pareto_front
+from hybridnas.studies.objectives import ObjectiveRef
 from hybridnas.studies.storage import TRIALS, ResultsStore, StorageError, normalize_url, status_counts, with_metrics
 from hybridnas.studies.where import QueryError, parse_where
 
@@ -64,12 +64,18 @@ def query_study(storage: str, study: str, *, where: str | None = None, pareto: l
             if name not in QUERY_COLUMNS:
                 raise QueryError(f"--sort: unknown column {name!r} (columns: {', '.join(QUERY_COLUMNS)})")
             order = [QUERY_COLUMNS[name].desc() if sort.startswith("-") else QUERY_COLUMNS[name]]
-        rows = store.rows(study, where=condition, order_by=order)
+        # with pareto: the front from the scalar columns and metrics (decoding every row's spec,
+        # curves and config was most of a 10,000-row query), then the front's full rows
+        light = [c.name for c in TRIALS.columns if c.name == "metrics" or c.type.__class__.__name__ != "JSON"]
+        rows = [with_metrics(row) for row in store.rows(study, where=condition, order_by=order,
+                                                        columns=light if pareto else None)]
+        if pareto:
+            front = [r["trial"] for r in _first_front(rows, pareto)]
+            full = {r["trial"]: with_metrics(r) for start in range(0, len(front), 500)
+                    for r in store.rows(study, where=TRIALS.c.trial.in_(front[start:start + 500]))}
+            rows = [full[t] for t in front if t in full]  # in the first read's order
     finally:
         store.dispose()
-    rows = [with_metrics(row) for row in rows]
-    if pareto:
-        rows = _first_front(rows, pareto)
     return rows
 
 
@@ -77,9 +83,13 @@ def _first_front(rows: list[dict], objectives: list[str]) -> list[dict]:
     for name in objectives:
         if name not in QUERY_COLUMNS and not any(name in r for r in rows):
             raise QueryError(f"--pareto: unknown objective {name!r} (e.g. val_loss, params, cache_bytes, decode_tokens_per_s)")
+    refs = [ObjectiveRef.parse(name) for name in objectives]  # a registered objective's direction, else minimised
     candidates = [r for r in rows if r["status"] == "complete" and all(r.get(n) is not None for n in objectives)]
-    points = [[(-1 if n in MAXIMIZED else 1) * float(r[n]) for n in objectives] for r in candidates]
-    return [r for r, front in zip(candidates, front_indices(points)) if front == 0]
+    if not candidates:
+        return []
+    points = [[float(r[n]) for n in objectives] for r in candidates]
+    keep = set(pareto_front(points, [ref.direction for ref in refs]).tolist())
+    return [r for i, r in enumerate(candidates) if i in keep]
 
 
 def format_rows(rows: list[dict], fmt: str, extra: list[str] = ()) -> str:

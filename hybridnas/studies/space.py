@@ -14,7 +14,7 @@
 
 A dimension with one choice is fixed and never asked, so ``trial.params`` holds only what
 is searched. Values that do not matter for a candidate stay at ArchSpec's defaults, so two
-suggestions that compute the same function build the same spec (and :func:`spec_key`).
+suggestions that compute the same function build the same spec (and ``ArchSpec.key``).
 
 **Infeasible candidates.** Every trial records the same constraints with
 ``trial.set_constraint`` (:data:`CONSTRAINTS`; positive = violated, by how much). When one
@@ -26,23 +26,21 @@ NSGA-II, GP) read ``trial.constraints`` of finished trials and steer away from t
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
 
-from hybridnas.proxies.cost import cost
+from hybridnas.search_space.cost import cost
 from hybridnas.search_space.errors import SpecError
 from hybridnas.search_space.layout import layout, n_attn_for_ratio
 from hybridnas.search_space.pattern import ATTENTION_SYMBOLS
 from hybridnas.search_space.spec import ArchSpec
-from hybridnas.studies.config import IntRange, StudyConfig, StudyConfigError, parse_ratio, split_fraction
+from hybridnas.studies.config import IntRange, Ratio, Split, StudyConfig, StudyConfigError
 
-__all__ = ["SearchSpace", "Infeasible", "CONSTRAINTS", "spec_key", "make_sampler"]
+__all__ = ["SearchSpace", "Infeasible", "CONSTRAINTS", "make_sampler", "Candidate"]
 
 # Recorded on every trial, in this order (samplers compare constraint vectors across trials).
 CONSTRAINTS = ("n_attn", "branch_widths", "params_target", "spec")
@@ -58,24 +56,46 @@ class Infeasible(Exception):
         self.constraints = constraints
 
 
-def spec_key(spec: ArchSpec) -> str:
-    """A canonical identity of the function a candidate computes: a hash of its spec with the
-    sections its layout does not use left out (a pure-Mamba spec's attention heads, a dense
-    spec's MoE settings, the window without ``W`` layers). Identical keys, identical models."""
-    data = spec.to_dict()
-    used = set(spec.pattern)
-    if not used & ATTENTION_SYMBOLS:
-        data.pop("attn")
-    elif "W" not in used:
-        data["attn"].pop("window")
-    if not used & {"M", "H"}:
-        data.pop("ssm")
-    if "H" not in used:
-        data.pop("hybrid")
-    if "E" not in used:
-        data.pop("moe")
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+@dataclass(frozen=True)
+class Merge:
+    """How an ``H`` block merges its branches (``ArchSpec.hybrid``)."""
+
+    norm: str
+    op: str
+    scale: str
+    gate: str
+    out_proj: str
+
+
+@dataclass(frozen=True)
+class MoEShape:
+    n_experts: int
+    top_k: int
+    n_shared: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Every dimension's resolved value for one candidate; None where it does not apply
+    (no placement without a mix, no merge without intra fusion...). ``share`` is an
+    attention count (``n_attn``) or a :class:`Ratio` of the depth (``attn_ratio``)."""
+
+    share: int | Ratio
+    fusion: str = "inter"
+    placement: str | None = None
+    attention: str | None = None  # "global" | "window", inter fusion only
+    window: int | None = None
+    rope: bool | None = None
+    split: float | None = None  # the attention share of an H block's channels
+    merge: Merge | None = None
+    moe: str = "none"
+    moe_shape: MoEShape | None = None
+
+    def n_attn(self, n_mixers: int) -> int:
+        """Attention mixers at depth ``n_mixers``: the count, or the ratio of the depth."""
+        if isinstance(self.share, Ratio):
+            return n_attn_for_ratio(n_mixers, str(self.share))
+        return self.share
 
 
 class SearchSpace:
@@ -96,96 +116,84 @@ class SearchSpace:
         """Rebuild the candidate of a finished trial from its ``trial.params``."""
         return self.suggest(optuna.trial.FixedTrial(params))
 
-    def _ask(self, trial: Any) -> dict[str, Any]:
+    def _ask(self, trial: Any) -> Candidate:
         """The resolved value of every dimension that matters for this candidate."""
         s, merge, moe = self.space, self.space.merge, self.space.moe
 
         def pick(name: str, choices: tuple) -> Any:
             return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, list(choices))
 
-        v: dict[str, Any] = {"share_kind": self.share_kind}
+        def pick_typed(name: str, choices: tuple, as_param: Callable[[Any], Any]) -> Any:
+            """A typed choice asked as its spelling in the study file (str or float)."""
+            by_param = {as_param(c): c for c in choices}
+            return by_param[pick(name, tuple(by_param))]
+
+        share: int | Ratio
         if isinstance(self.share_choices, IntRange):
             r = self.share_choices
-            v["share"] = r.min if r.min == r.max else trial.suggest_int("n_attn", r.min, r.max, step=r.step)
+            share = r.min if r.min == r.max else trial.suggest_int("n_attn", r.min, r.max, step=r.step)
+        elif self.share_kind == "attn_ratio":
+            share = pick_typed("attn_ratio", self.share_choices, str)
         else:
-            v["share"] = pick(self.share_kind, self.share_choices)
-        has_attn, all_attn = self._attention(v["share"])
+            share = pick("n_attn", self.share_choices)
+        has_attn, all_attn = self._attention(share)
         # without attention mixers the fusion does not matter: a pure-Mamba stack either way
-        v["fusion"] = pick("fusion", s.fusion) if has_attn else "inter"
+        c = Candidate(share, fusion=pick("fusion", s.fusion) if has_attn else "inter")
         if has_attn and not all_attn:
-            v["placement"] = pick("placement", s.placement)
-        if has_attn and v["fusion"] == "inter":
-            v["attn"] = pick("attn", s.attention)
-            if v["attn"] == "window":
-                v["window"] = pick("attn.window", s.window)
+            c = replace(c, placement=pick("placement", s.placement))
+        if has_attn and c.fusion == "inter":
+            c = replace(c, attention=pick("attn", s.attention))
+            if c.attention == "window":
+                c = replace(c, window=pick("attn.window", s.window))
         if has_attn:
-            v["rope"] = pick("rope", s.rope)
-        if has_attn and v["fusion"] == "intra":
-            v["split"] = pick("hybrid.split", s.attn_fraction)
-            for key in ("norm", "op", "scale", "gate", "out_proj"):
-                v[f"merge.{key}"] = pick(f"merge.{key}", getattr(merge, key))
-        v["moe"] = pick("moe", moe.ffn)
-        if v["moe"] != "none":
-            for key in ("n_experts", "top_k", "n_shared"):
-                v[f"moe.{key}"] = pick(f"moe.{key}", getattr(moe, key))
-        return v
+            c = replace(c, rope=pick("rope", s.rope))
+        if has_attn and c.fusion == "intra":
+            split: Split = pick_typed("hybrid.split", s.attn_fraction, lambda x: x.choice)
+            c = replace(c, split=split.fraction, merge=Merge(
+                *(pick(f"merge.{key}", getattr(merge, key)) for key in ("norm", "op", "scale", "gate", "out_proj"))))
+        c = replace(c, moe=pick("moe", moe.ffn))
+        if c.moe != "none":
+            c = replace(c, moe_shape=MoEShape(
+                *(pick(f"moe.{key}", getattr(moe, key)) for key in ("n_experts", "top_k", "n_shared"))))
+        return c
 
-    def _attention(self, share: Any) -> tuple[bool, bool]:
+    def _attention(self, share: int | Ratio) -> tuple[bool, bool]:
         """(has attention mixers, all mixers carry attention) for an n_attn / ratio choice."""
-        if self.share_kind == "attn_ratio":
-            a, m = parse_ratio(share)
-            return a > 0, m == 0
+        if isinstance(share, Ratio):
+            return share.attn > 0, share.ssm == 0
         n = self.config.size.n_mixers
         return share > 0, n is not None and share >= n
 
     # ---- build ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _n_attn(v: dict[str, Any]) -> Callable[[int], int]:
-        """Attention mixers at depth n: a fixed count, or a ratio of the depth."""
-        share = v["share"]
-        if v["share_kind"] == "attn_ratio":
-            return lambda n: n_attn_for_ratio(n, share)
-        return lambda n: share
-
-    def _fields(self, v: dict[str, Any]) -> dict[str, Any]:
+    def _fields(self, c: Candidate) -> dict[str, Any]:
         """ArchSpec fields other than the pattern; unused sections keep their defaults."""
         size = self.config.size
         attn = dict(size.attn)
-        if "rope" in v:
-            attn["rope"] = v["rope"]
-        if "window" in v:
-            attn["window"] = v["window"]
-        fields: dict[str, Any] = {"d_model": size.d_model, "vocab_size": self.config.vocab_size, "attn": attn, "ssm": dict(size.ssm)}
-        if "split" in v:
-            fields["hybrid"] = {
-                "attn_fraction": split_fraction(v["split"]),
-                "norm": v["merge.norm"],
-                "merge": v["merge.op"],
-                "scale": v["merge.scale"],
-                "gate": v["merge.gate"],
-                "out_proj": v["merge.out_proj"],
-            }
-        if v["moe"] != "none":
-            fields["moe"] = {key: v[f"moe.{key}"] for key in ("n_experts", "top_k", "n_shared")}
+        if c.rope is not None:
+            attn["rope"] = c.rope
+        if c.window is not None:
+            attn["window"] = c.window
+        fields: dict[str, Any] = {"d_model": size.d_model, "vocab_size": self.config.vocab_size, "attn": attn,
+                                  "ssm": dict(size.ssm)}
+        if c.merge is not None:
+            m = c.merge
+            fields["hybrid"] = {"attn_fraction": c.split, "norm": m.norm, "merge": m.op, "scale": m.scale,
+                                "gate": m.gate, "out_proj": m.out_proj}
+        if c.moe_shape is not None:
+            shape = c.moe_shape
+            fields["moe"] = {"n_experts": shape.n_experts, "top_k": shape.top_k, "n_shared": shape.n_shared}
         return fields
 
-    def _pattern(self, v: dict[str, Any], n: int) -> str:
-        fusion = v["fusion"]
-        return layout(
-            n,
-            self._n_attn(v)(n),
-            v.get("placement", "even"),
-            fusion,
-            moe_every=_MOE_EVERY[v["moe"]],
-            window=v.get("attn") == "window",
-        )
+    def _pattern(self, c: Candidate, n: int) -> str:
+        return layout(n, c.n_attn(n), c.placement or "even", c.fusion, moe_every=_MOE_EVERY[c.moe],
+                      window=c.attention == "window")
 
-    def _build(self, v: dict[str, Any], trial: Any) -> ArchSpec:
+    def _build(self, c: Candidate, trial: Any) -> ArchSpec:
         violations = dict.fromkeys(CONSTRAINTS, 0.0)
         spec, reason = None, ""
         size = self.config.size
-        n_attn = self._n_attn(v)
+        n_attn = c.n_attn
         if size.mode == "fixed":
             depths = [size.n_mixers]
         else:  # every depth that can hold the attention mixers
@@ -195,10 +203,10 @@ class SearchSpace:
             reason = f"n_attn={n_attn(size.max_mixers)} exceeds size.max_mixers={size.max_mixers}"
         else:
             try:
-                spec = self._sized(v, depths, violations)
+                spec = self._sized(c, depths, violations)
             except SpecError as exc:
                 reason = str(exc)
-                widths = self._width_gap(v)
+                widths = self._width_gap(c)
                 violations["branch_widths" if widths else "spec"] = widths or 1.0
             if spec is not None and violations["params_target"] > 0:
                 reason = f"no depth in {size.min_mixers}..{size.max_mixers} comes within size.tolerance of size.params"
@@ -208,10 +216,10 @@ class SearchSpace:
             raise Infeasible(reason, violations)
         return spec
 
-    def _sized(self, v: dict[str, Any], depths: list[int], violations: dict[str, float]) -> ArchSpec:
+    def _sized(self, c: Candidate, depths: list[int], violations: dict[str, float]) -> ArchSpec:
         """The spec at the fixed depth, or at the depth closest to the parameter target."""
-        fields = self._fields(v)
-        first = ArchSpec.from_pattern(self._pattern(v, depths[0]), **fields)  # raises if invalid
+        fields = self._fields(c)
+        first = ArchSpec.from_pattern(self._pattern(c, depths[0]), **fields)  # raises if invalid
         size = self.config.size
         if size.mode == "fixed":
             return first
@@ -223,7 +231,7 @@ class SearchSpace:
 
         best, best_error = first, error(first)
         for n in depths[1:]:
-            spec = ArchSpec.from_pattern(self._pattern(v, n), **fields)
+            spec = ArchSpec.from_pattern(self._pattern(c, n), **fields)
             e = error(spec)
             if e < best_error:
                 best, best_error = spec, e
@@ -232,12 +240,12 @@ class SearchSpace:
         violations["params_target"] = max(0.0, best_error - size.tolerance)
         return best
 
-    def _width_gap(self, v: dict[str, Any]) -> float:
+    def _width_gap(self, c: Candidate) -> float:
         """For a joint output projection with an elementwise merge, the branch-width mismatch
         relative to d_model (0 when the widths are equal or this is not the case)."""
-        if "split" not in v or v["merge.out_proj"] != "joint" or v["merge.op"] == "concat":
+        if c.merge is None or c.merge.out_proj != "joint" or c.merge.op == "concat":
             return 0.0
-        probe = {**v, "merge.out_proj": "separate"}
+        probe = replace(c, merge=replace(c.merge, out_proj="separate"))
         depth = self.config.size.n_mixers or self.config.size.max_mixers
         try:
             dims = ArchSpec.from_pattern(self._pattern(probe, depth), **self._fields(probe)).dims.hybrid
@@ -247,11 +255,11 @@ class SearchSpace:
 
     # ---- baselines --------------------------------------------------------------------------
 
-    _BASELINE_VALUES: dict[str, dict[str, Any]] = {
-        "attention": {"fusion": "inter", "ratio": "1:0"},
-        "mamba2": {"fusion": "inter", "ratio": "0:1"},
-        "bae-inter-1:5": {"fusion": "inter", "ratio": "1:5", "placement": "even"},
-        "bae-intra-1:5": {"fusion": "intra", "ratio": "1:5", "placement": "even"},
+    _BASELINE_VALUES: dict[str, tuple[str, Ratio]] = {  # fusion, attention:mamba
+        "attention": ("inter", Ratio(1, 0)),
+        "mamba2": ("inter", Ratio(0, 1)),
+        "bae-inter-1:5": ("inter", Ratio(1, 5)),
+        "bae-intra-1:5": ("intra", Ratio(1, 5)),
     }
 
     def baseline_specs(self) -> dict[str, ArchSpec]:
@@ -261,31 +269,28 @@ class SearchSpace:
         return {name: self._baseline(name) for name in self.config.baselines}
 
     def _baseline(self, name: str) -> ArchSpec:
-        b = self._BASELINE_VALUES[name]
-        a, m = parse_ratio(b["ratio"])
-        # baselines are ratios whatever the space searches, so they scale with the depth
-        v: dict[str, Any] = {"fusion": b["fusion"], "share_kind": "attn_ratio", "share": b["ratio"], "moe": "none"}
-        if a and m:
-            v["placement"] = b["placement"]
-        if a:
-            v["rope"] = True
-            if b["fusion"] == "inter":
-                v["attn"] = "global"
-        if b["fusion"] == "intra":
+        fusion, ratio = self._BASELINE_VALUES[name]
+        # baselines are ratios whatever the space searches, so they scale with the depth;
+        # even placement, global attention with RoPE, ArchSpec's default (Bae et al.'s) H block
+        c = Candidate(ratio, fusion=fusion)
+        if ratio.attn and ratio.ssm:
+            c = replace(c, placement="even")
+        if ratio.attn:
+            c = replace(c, rope=True, attention="global" if fusion == "inter" else None)
+        if fusion == "intra":
             h = ArchSpec.model_fields["hybrid"].default
-            v.update({"split": h.attn_fraction, "merge.norm": h.norm, "merge.op": h.merge})
-            v.update({"merge.scale": h.scale, "merge.gate": h.gate, "merge.out_proj": h.out_proj})
-        return self._build(v, None)
+            c = replace(c, split=h.attn_fraction, merge=Merge(h.norm, h.merge, h.scale, h.gate, h.out_proj))
+        return self._build(c, None)
 
     def baseline_params(self, name: str) -> dict[str, Any] | None:
         """Optuna parameters that make :meth:`suggest` reproduce baseline ``name``, for
         ``study.enqueue_trial``; None when the space cannot express it (then train the spec of
         :meth:`baseline_specs` outside the sampler)."""
         target = self._baseline(name)
-        b = self._BASELINE_VALUES[name]
+        fusion, ratio = self._BASELINE_VALUES[name]
         wanted = {
-            "fusion": b["fusion"],
-            "placement": b.get("placement", "even"),
+            "fusion": fusion,
+            "placement": "even",
             "attn": "global",
             "rope": True,
             "moe": "none",
@@ -298,9 +303,10 @@ class SearchSpace:
         params: dict[str, Any] = {}
         for name_, choices in self.grid().items():
             if name_ in ("n_attn", "attn_ratio"):
-                value = self._share_for(target, b["ratio"], choices)
+                value = self._share_for(target, ratio, choices)
             elif name_ == "hybrid.split":
-                value = next((c for c in choices if split_fraction(c) == target.hybrid.attn_fraction), None)
+                value = next((c for c in self.space.attn_fraction if c.fraction == target.hybrid.attn_fraction), None)
+                value = value.choice if value is not None else None
             else:
                 value = wanted.get(name_, choices[0])  # others do not apply to this baseline
             if value is None or value not in choices:
@@ -310,7 +316,7 @@ class SearchSpace:
             rebuilt = self.spec_from_params(params)
         except (Infeasible, ValueError):
             return None
-        return params if spec_key(rebuilt) == spec_key(target) else None
+        return params if rebuilt.key == target.key else None
 
     def check_enqueued(self) -> None:
         """Each ``enqueue`` entry names searched parameters and allowed values; raises
@@ -325,11 +331,12 @@ class SearchSpace:
                     allowed = ", ".join(str(c) for c in grid[key])
                     raise StudyConfigError(f"enqueue[{i}].{key}: {value!r} is not one of {allowed}")
 
-    def _share_for(self, target: ArchSpec, ratio: str, choices: list) -> Any:
+    def _share_for(self, target: ArchSpec, ratio: Ratio, choices: list) -> Any:
+        """The share parameter's value for a baseline: its count, or the spelling of a ratio
+        choice equal to its own."""
         if self.share_kind == "n_attn":
             return target.n_attention_mixers
-        a, m = parse_ratio(ratio)
-        return next((c for c in choices if _same_ratio(parse_ratio(c), (a, m))), None)
+        return next((c for c in choices if Ratio.parse(c).same_as(ratio)), None)
 
     # ---- grid ---------------------------------------------------------------------------
 
@@ -339,21 +346,18 @@ class SearchSpace:
         s = self.space
         dims: dict[str, tuple] = {
             "fusion": s.fusion,
-            self.share_kind: self.share_choices.values() if isinstance(self.share_choices, IntRange) else self.share_choices,
+            self.share_kind: (self.share_choices.values() if isinstance(self.share_choices, IntRange)
+                              else tuple(str(c) if isinstance(c, Ratio) else c for c in self.share_choices)),
             "placement": s.placement,
             "attn": s.attention,
             "attn.window": s.window,
             "rope": s.rope,
-            "hybrid.split": s.attn_fraction,
+            "hybrid.split": tuple(split.choice for split in s.attn_fraction),
             **{f"merge.{k}": getattr(s.merge, k) for k in ("norm", "op", "scale", "gate", "out_proj")},
             "moe": s.moe.ffn,
             **{f"moe.{k}": getattr(s.moe, k) for k in ("n_experts", "top_k", "n_shared")},
         }
         return {name: list(choices) for name, choices in dims.items() if len(choices) > 1}
-
-
-def _same_ratio(x: tuple[int, int], y: tuple[int, int]) -> bool:
-    return x[0] * y[1] == x[1] * y[0]
 
 
 def _record(trial: Any, key: str, value: float) -> None:
@@ -391,8 +395,6 @@ def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
         population = {} if s.population_size is None else {"population_size": s.population_size}
         return optuna.samplers.NSGAIISampler(seed=s.seed, **population, **constrained)
     if s.kind == "gp":
-        if importlib.util.find_spec("scipy") is None:  # GPSampler's optimiser; not a dependency of ours
-            raise StudyConfigError("sampler.kind: 'gp' needs scipy, which is not installed (pip install scipy)")
         return optuna.samplers.GPSampler(seed=s.seed, **startup, **constrained)
     if s.kind == "grid":
         return optuna.samplers.GridSampler(SearchSpace(config).grid(), seed=s.seed)

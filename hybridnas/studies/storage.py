@@ -38,15 +38,17 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
+from hybridnas.errors import UserError
 from hybridnas.search_space import ArchSpec
+from hybridnas.studies.objectives import REGISTRY
 
-__all__ = ["STATUSES", "TRIALS", "ResultsStore", "StorageError", "normalize_url", "spec_columns", "status_counts",
+__all__ = ["SCHEMA_VERSION", "STATUSES", "TRIALS", "ResultsStore", "StorageError", "normalize_url", "spec_columns", "status_counts",
            "with_metrics"]
 
 
-class StorageError(ValueError):
+class StorageError(UserError):
     """A storage URL that cannot be used; the message is one line."""
 
 
@@ -64,7 +66,7 @@ TRIALS = Table(
     Column("baseline", String(32)),  # the baseline this trial was enqueued as, if any
     # the candidate
     Column("pattern", String(2000), nullable=False),
-    Column("spec_key", String(64), nullable=False, index=True),
+    Column("spec_key", String(64), nullable=False, index=True),  # ArchSpec.key, as Optuna's spec_key attribute
     Column("spec", JSON, nullable=False),
     Column("d_model", Integer),
     Column("n_layers", Integer),
@@ -84,18 +86,8 @@ TRIALS = Table(
     Column("moe_experts", Integer),
     Column("moe_top_k", Integer),
     Column("moe_shared", Integer),
-    # the metrics
-    Column("val_loss", Float),
-    Column("params", BigInteger),
-    Column("params_active", BigInteger),
-    Column("train_flops", Float),  # per token
-    Column("cache_bytes", BigInteger),
-    Column("decode_tokens_per_s", Float),
-    Column("prefill_tokens_per_s", Float),
-    # recall proxies (accuracy at answer positions, shrunk model) and long-context probes
-    *(Column(name, Float) for name in ("mqar", "in_context_recall", "fuzzy_recall", "noisy_recall",
-                                        "selective_copying", "compression", "memorization", "recall",
-                                        "passkey", "val_loss_2x", "val_loss_4x")),
+    # the objectives' columns (studies/objectives.py): each holds the value at the study's first context
+    *(Column(m.column, BigInteger if m.column_type == "bigint" else Float) for m in REGISTRY.values()),
     Column("metrics", JSON),  # every objective and measured figure, by name
     Column("budget_flops", Float),
     Column("flops_spent", Float),
@@ -103,7 +95,6 @@ TRIALS = Table(
     Column("rungs", JSON),  # [{"rung", "tokens", "val_loss"}, ...]
     Column("loss_curve", JSON),  # {"train": [...], "val": [...]}
     # the run
-    Column("seed", Integer),
     Column("hardware", String(200)),
     Column("versions", JSON),
     Column("wall_s", Float),
@@ -111,6 +102,15 @@ TRIALS = Table(
     Column("updated_at", DateTime),
     UniqueConstraint("study", "trial", name="uq_hybridnas_trials_study_trial"),
 )
+
+
+# The table's schema version, kept in hybridnas_schema (one row). create() upgrades an older
+# table in place, one step per version; a newer one is refused (an older hybridnas would
+# write it wrong).
+#   1  (no hybridnas_schema table) spec_key held ArchSpec.short_id; a never-written seed column
+#   2  spec_key holds ArchSpec.key, the same as Optuna's spec_key trial attribute; no seed
+SCHEMA_VERSION = 2
+SCHEMA = Table("hybridnas_schema", metadata, Column("version", Integer, nullable=False))
 
 
 def normalize_url(url: str) -> str:
@@ -157,7 +157,35 @@ def _engine(url: str, readonly: bool = False) -> Engine:
     if readonly:  # the URL's own options (a search_path, say) kept
         options = f"{parsed.query.get('options', '')} -c default_transaction_read_only=on".strip()
         url = parsed.update_query_dict({"options": options}).render_as_string(hide_password=False)
-    return create_engine(url, pool_pre_ping=True, json_deserializer=_loads)
+    try:
+        return create_engine(url, pool_pre_ping=True, json_deserializer=_loads)
+    except ImportError as exc:  # the PostgreSQL driver
+        raise StorageError(f"storage {parsed.render_as_string()}: needs psycopg 3 (pip install psycopg): {exc}") from None
+
+
+def _add_missing_columns(conn) -> None:
+    from sqlalchemy import inspect, text
+
+    present = {c["name"] for c in inspect(conn).get_columns(TRIALS.name)}
+    for column in TRIALS.columns:
+        if column.name not in present:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(text(f'ALTER TABLE {TRIALS.name} ADD COLUMN "{column.name}" {kind}'))
+
+
+def _upgrade_1_to_2(conn) -> None:
+    """spec_key becomes ArchSpec.key (it held short_id), computed from each row's spec; the
+    seed column, never written, goes."""
+    from sqlalchemy import inspect, text
+
+    for row_id, spec in conn.execute(select(TRIALS.c.id, TRIALS.c.spec)).all():
+        data = orjson.loads(spec) if isinstance(spec, str | bytes) else spec
+        conn.execute(TRIALS.update().where(TRIALS.c.id == row_id).values(spec_key=ArchSpec.from_dict(data).key))
+    if "seed" in {c["name"] for c in inspect(conn).get_columns(TRIALS.name)}:
+        conn.execute(text(f'ALTER TABLE {TRIALS.name} DROP COLUMN "seed"'))
+
+
+_UPGRADES = {1: _upgrade_1_to_2}  # from version -> the step to the next
 
 
 def _sqlite_connect_readonly(uri: str):
@@ -172,22 +200,47 @@ class ResultsStore:
 
     def __init__(self, url: str, *, readonly: bool = False) -> None:
         self.url = normalize_url(url)
+        self.given_url = url  # as the user wrote it, for messages
         self.engine = _engine(self.url, readonly)
         self._columns: list | None = None
 
     def create(self) -> None:
-        """Create the table, or add the columns a newer hybridnas has to an older one's table
-        (all nullable), so that a study can be resumed across versions."""
-        from sqlalchemy import inspect, text
+        """Create the tables, or upgrade those an older hybridnas wrote to SCHEMA_VERSION, so
+        that a study can be resumed across versions. Raises StorageError for a table written
+        by a newer hybridnas."""
+        from sqlalchemy import inspect
 
-        metadata.create_all(self.engine)
-        present = {c["name"] for c in inspect(self.engine).get_columns(TRIALS.name)}
         with self.engine.begin() as conn:
-            for column in TRIALS.columns:
-                if column.name not in present:
-                    kind = column.type.compile(dialect=self.engine.dialect)
-                    conn.execute(text(f'ALTER TABLE {TRIALS.name} ADD COLUMN "{column.name}" {kind}'))
+            existed = inspect(conn).has_table(TRIALS.name)
+            metadata.create_all(conn)
+            version = conn.execute(select(SCHEMA.c.version)).scalar()
+            if version is None:
+                version = 1 if existed else SCHEMA_VERSION
+                conn.execute(SCHEMA.insert().values(version=version))
+            if version > SCHEMA_VERSION:
+                raise StorageError(f"storage {self.given_url}: its results table has schema version {version}, "
+                                   f"newer than this hybridnas's {SCHEMA_VERSION}: upgrade hybridnas")
+            _add_missing_columns(conn)  # columns added within a version are nullable
+            for step in range(version, SCHEMA_VERSION):
+                _UPGRADES[step](conn)
+            conn.execute(SCHEMA.update().values(version=SCHEMA_VERSION))
         self._columns = None
+
+    def schema_version(self) -> int | None:
+        """The results table's schema version; None when there is no table."""
+        if not self.has_table():
+            return None
+        from sqlalchemy import inspect
+
+        if not inspect(self.engine).has_table(SCHEMA.name):
+            return 1
+        with self.engine.connect() as conn:
+            return conn.execute(select(SCHEMA.c.version)).scalar() or 1
+
+    def row(self, study: str, trial: int) -> dict[str, Any] | None:
+        """The row of one trial, or None (one indexed read, whatever the study's size)."""
+        rows = self.rows(study, where=TRIALS.c.trial == int(trial))
+        return rows[0] if rows else None
 
     def upsert(self, row: Mapping[str, Any]) -> None:
         """Insert or update the row of (study, trial): a trial's row is written when it
@@ -242,7 +295,11 @@ class ResultsStore:
     def has_table(self) -> bool:
         from sqlalchemy import inspect
 
-        return inspect(self.engine).has_table(TRIALS.name)
+        try:
+            return inspect(self.engine).has_table(TRIALS.name)
+        except DBAPIError as exc:  # the first read: a missing file (read-only), a refused connection, not a database
+            first = str(exc).splitlines()[0]
+            raise StorageError(f"storage {self.given_url}: cannot be read ({type(exc).__name__}: {first})") from None
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -274,7 +331,7 @@ def spec_columns(spec: ArchSpec, params: Mapping[str, Any] | None = None) -> dic
     h = spec.hybrid
     return {
         "pattern": spec.pattern,
-        "spec_key": spec.short_id,
+        "spec_key": spec.key,
         "spec": spec.to_dict(),
         "d_model": spec.d_model,
         "n_layers": len(spec.pattern),

@@ -34,6 +34,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import types as satypes
 
+from hybridnas.errors import UserError
+
 __all__ = ["QueryError", "parse_where", "MAX_LENGTH", "MAX_DEPTH"]
 
 MAX_LENGTH = 2000
@@ -51,7 +53,7 @@ _NUMBER = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-class QueryError(ValueError):
+class QueryError(UserError):
     """An invalid ``--where`` filter; the message is one line."""
 
 

@@ -2,10 +2,22 @@
 
 from hybridnas.trainer.config import ConfigError, TrainConfig
 from hybridnas.trainer.data import DataError, TokenData, load_tokens
-from hybridnas.trainer.train import BudgetError, CheckpointError, Plan, RungReport, TrainResult, make_plan, train
+from hybridnas.trainer.train import (
+    BudgetError,
+    CheckpointError,
+    Plan,
+    Run,
+    RungReport,
+    TrainResult,
+    make_plan,
+    peak_flops,
+    train,
+)
 
 __all__ = [
     "train",
+    "Run",
+    "peak_flops",
     "TrainConfig",
     "TrainResult",
     "RungReport",

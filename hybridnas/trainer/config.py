@@ -6,14 +6,14 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hybridnas.search_space.errors import format_validation_error
+from hybridnas.errors import UserError, format_validation_error
 
 __all__ = ["TrainConfig", "ConfigError"]
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """An invalid training setting; the message names the field."""
 
 
@@ -55,7 +55,7 @@ class TrainConfig(BaseModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # torch.compile of the loss: "auto" compiles on a known GPU when the budget is large
-    # enough to pay back the compile time (1.5x faster steps on an H100; see _Run.compile_pays)
+    # enough to pay back the compile time (1.5x faster steps on an H100; see Run.compile_pays)
     compile: bool | Literal["auto"] = "auto"
     progress: bool = True
     out_dir: str | None = None  # rung checkpoints and result.json

@@ -31,6 +31,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from hybridnas.errors import UserError
+
 __all__ = ["DataError", "TokenData", "load_tokens", "load_documents", "default_cache_dir", "EOT"]
 
 EOT = "<|endoftext|>"
@@ -39,7 +41,7 @@ TEXT_SUFFIXES = (".txt", ".md", ".xz", ".text")
 TOKENIZER_SAMPLE_BYTES = 64_000_000  # BPE is trained on at most this much training text
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A corpus or tokenizer setting that cannot be used; the message says which and why."""
 
 

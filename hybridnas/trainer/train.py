@@ -40,13 +40,23 @@ from typing import Literal
 
 import torch
 
+from hybridnas.errors import UserError
 from hybridnas.model import HybridLM
-from hybridnas.proxies.cost import train_flops_per_token
-from hybridnas.search_space import ArchSpec
+from hybridnas.search_space import ArchSpec, train_flops_per_token
 from hybridnas.trainer.config import TrainConfig
 from hybridnas.trainer.data import TokenData, load_tokens
 
-__all__ = ["train", "TrainResult", "RungReport", "Plan", "make_plan", "BudgetError", "CheckpointError"]
+__all__ = [
+    "train",
+    "Run",
+    "peak_flops",
+    "TrainResult",
+    "RungReport",
+    "Plan",
+    "make_plan",
+    "BudgetError",
+    "CheckpointError",
+]
 
 Status = Literal["complete", "stopped", "diverged", "oom", "error"]
 RungCallback = Callable[["RungReport"], Literal["continue", "stop"]]
@@ -57,11 +67,11 @@ SYNC_EVERY = 16  # on a GPU, training losses are read back (a wait for the GPU) 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
 
-class BudgetError(ValueError):
+class BudgetError(UserError):
     """A FLOP budget that cannot buy one training sequence."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that is missing or belongs to another run."""
 
 
@@ -172,7 +182,10 @@ def _device(config: TrainConfig) -> torch.device:
 EAGER_MFU, COMPILED_MFU, COMPILE_COST_S = 0.13, 0.20, 120.0
 
 
-def _peak_flops(device: torch.device) -> float | None:
+def peak_flops(device: torch.device | str) -> float | None:
+    """The dense bf16 tensor-core peak (FLOP/s) of ``device``, the denominator of MFU; None on a
+    CPU or on a GPU not in ``PEAK_FLOPS``."""
+    device = torch.device(device)
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
@@ -202,9 +215,13 @@ class _State:
     extra_flops: float = 0.0
 
 
-class _Run:
-    def __init__(self, spec: ArchSpec, budget: float, config: TrainConfig, data: TokenData, plan: Plan) -> None:
-        self.spec, self.budget, self.config, self.data, self.plan = spec, budget, config, data, plan
+class _Record:
+    """A run's identity and what it has measured so far, and how that becomes a ``TrainResult``.
+    A :class:`Run` is one; ``train`` reports a run that failed while being built from a bare
+    record (no model, nothing trained)."""
+
+    def __init__(self, spec: ArchSpec, budget: float, config: TrainConfig, plan: Plan) -> None:
+        self.spec, self.budget, self.config, self.plan = spec, budget, config, plan
         self.device = _device(config)
         self.state = _State()
         self.train_seconds = 0.0
@@ -212,7 +229,58 @@ class _Run:
         self.out_dir = Path(config.out_dir) if config.out_dir else None
         self.model: HybridLM | None = None
 
-    def build(self) -> None:
+    def result(self, status: Status, failure: dict | None, wall_s: float) -> TrainResult:
+        s, plan = self.state, self.plan
+        tokens = plan.tokens_after(s.step)
+        tokens_per_s = self.tokens_this_call / self.train_seconds if self.train_seconds > 0 else None
+        peak = peak_flops(self.device)
+        mfu = tokens_per_s * plan.flops_per_token / peak if tokens_per_s and peak else None
+        val_loss = s.val_curve[-1]["val_loss"] if s.val_curve else None
+        if status == "stopped" and s.rungs:
+            val_loss = s.rungs[-1]["val_loss"]
+        result = TrainResult(
+            status=status,
+            budget_flops=self.budget,
+            flops=tokens * plan.flops_per_token,
+            extra_flops=s.extra_flops,
+            tokens=tokens,
+            steps=s.step,
+            val_loss=val_loss,
+            val_curve=s.val_curve,
+            train_curve=s.train_curve,
+            rungs=s.rungs,
+            tokens_per_s=tokens_per_s,
+            mfu=mfu,
+            wall_s=wall_s,
+            failure=failure,
+            flops_per_token=plan.flops_per_token,
+            seq_len=plan.seq_len,
+            device=str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
+            spec=self.spec.to_dict(),
+            config=self.config.model_dump(mode="json"),
+            checkpoint=s.rungs[-1]["checkpoint"] if status == "stopped" and s.rungs else None,
+        )
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if status == "complete":  # what probes of the trained model (long context) load
+                result.model_path = str(self.out_dir / "model.pt")
+                torch.save({"spec": self.spec.to_dict(), "model": self.model.state_dict()}, result.model_path)
+            (self.out_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+        return result
+
+
+class Run(_Record):
+    """One training run of ``spec`` on ``budget`` FLOPs under ``plan``, complete on construction:
+    the model (seeded by ``config.seed``, on the config's device, in train mode), the AdamW
+    optimiser, the loss function (compiled when ``config.compile`` says so) and the validation
+    sequences are built, and ``state`` is at step 0, so ``train_step`` can be called right away
+    (measured speed times it so). ``loop`` runs the plan with its evaluations and rungs,
+    ``load`` resumes from a rung checkpoint, and ``result`` reports what was measured. Building
+    raises what it raises (CUDA out-of-memory, a model error); ``train`` makes that a result."""
+
+    def __init__(self, spec: ArchSpec, budget: float, config: TrainConfig, data: TokenData, plan: Plan) -> None:
+        super().__init__(spec, budget, config, plan)
+        self.data = data
         self.model = HybridLM(self.spec, seed=self.config.seed).to(self.device).train()
         self.optimizer = _optimizer(self.model, self.config, self.device)
         compiled = self.compile_pays() if self.config.compile == "auto" else self.config.compile
@@ -225,7 +293,7 @@ class _Run:
         on an H100 (docs/benchmarks.md): the step runs at about 13% MFU eager and 20% compiled,
         and compiling a candidate costs 1-3 minutes (more with cold Triton caches), so a run
         gains only past about 4e16 FLOPs there. CPUs never compile (short trials dominate)."""
-        peak = _peak_flops(self.device)
+        peak = peak_flops(self.device)
         if self.device.type != "cuda" or peak is None:
             return False
         seconds_saved = self.budget / peak * (1 / EAGER_MFU - 1 / COMPILED_MFU)
@@ -404,47 +472,6 @@ class _Run:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.state = _State(**payload["state"])
 
-    # -- result --
-
-    def result(self, status: Status, failure: dict | None, wall_s: float) -> TrainResult:
-        s, plan = self.state, self.plan
-        tokens = plan.tokens_after(s.step)
-        tokens_per_s = self.tokens_this_call / self.train_seconds if self.train_seconds > 0 else None
-        peak = _peak_flops(self.device)
-        mfu = tokens_per_s * plan.flops_per_token / peak if tokens_per_s and peak else None
-        val_loss = s.val_curve[-1]["val_loss"] if s.val_curve else None
-        if status == "stopped" and s.rungs:
-            val_loss = s.rungs[-1]["val_loss"]
-        result = TrainResult(
-            status=status,
-            budget_flops=self.budget,
-            flops=tokens * plan.flops_per_token,
-            extra_flops=s.extra_flops,
-            tokens=tokens,
-            steps=s.step,
-            val_loss=val_loss,
-            val_curve=s.val_curve,
-            train_curve=s.train_curve,
-            rungs=s.rungs,
-            tokens_per_s=tokens_per_s,
-            mfu=mfu,
-            wall_s=wall_s,
-            failure=failure,
-            flops_per_token=plan.flops_per_token,
-            seq_len=plan.seq_len,
-            device=str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
-            spec=self.spec.to_dict(),
-            config=self.config.model_dump(mode="json"),
-            checkpoint=s.rungs[-1]["checkpoint"] if status == "stopped" and s.rungs else None,
-        )
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            if status == "complete":  # what probes of the trained model (long context) load
-                result.model_path = str(self.out_dir / "model.pt")
-                torch.save({"spec": self.spec.to_dict(), "model": self.model.state_dict()}, result.model_path)
-            (self.out_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
-        return result
-
 
 def _progress(config: TrainConfig, plan: Plan, spec: ArchSpec):
     """Progress on stderr: a rich bar when interactive; in a batch log (a cluster job, a Ray
@@ -501,22 +528,22 @@ def train(
     if spec.vocab_size != data.vocab_size:  # the tokenizer decides the vocabulary
         spec = ArchSpec.from_dict({**spec.to_dict(), "vocab_size": data.vocab_size})
     plan = make_plan(spec, budget_flops, config)
-    run = _Run(spec, budget_flops, config, data, plan)
+    record = _Record(spec, budget_flops, config, plan)  # what is reported if building the run fails
     update, close = _progress(config, plan, spec)
     status, failure = "error", None
     try:
-        run.build()
+        run = record = Run(spec, budget_flops, config, data, plan)
         if resume_from is not None:
             run.load(resume_from)
         status, failure = run.loop(rung_callback, update)
     except CheckpointError:
         raise
     except torch.cuda.OutOfMemoryError as exc:
-        status, failure = "oom", {"step": run.state.step, "message": str(exc).splitlines()[0]}
+        status, failure = "oom", {"step": record.state.step, "message": str(exc).splitlines()[0]}
     except Exception as exc:  # a failed candidate is a result, not a crash of the study
         where = traceback.extract_tb(exc.__traceback__)[-1]
         message = f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})"
-        status, failure = "error", {"step": run.state.step, "message": message}
+        status, failure = "error", {"step": record.state.step, "message": message}
     finally:
         close()
-    return run.result(status, failure, time.perf_counter() - started)
+    return record.result(status, failure, time.perf_counter() - started)

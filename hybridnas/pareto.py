@@ -1,8 +1,10 @@
-"""Pareto analysis of a study's objective values: non-dominated ranks, fronts, hypervolume, knees.
+"""Pareto analysis of objective values: non-dominated ranks, fronts, hypervolume, knees.
 
-Pure numpy, so it works on values from anywhere (Optuna trials, a CSV, a dashboard callback)
-without importing Optuna; only the hypervolume of more than three objectives borrows Optuna's
-exact (WFG) code, imported when it is needed.
+Pure numpy and a leaf module (it imports nothing of hybridnas), so everything can use it: the
+analysis figures, the studies' Pareto halving and ``hybridnas query``. It works on values from
+anywhere (Optuna trials, a CSV, a dashboard callback) without importing Optuna; only the
+hypervolume of more than three objectives borrows Optuna's exact (WFG) code, imported when it
+is needed.
 
 Conventions shared by every function:
 

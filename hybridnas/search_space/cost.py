@@ -49,8 +49,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from hybridnas.search_space import ArchSpec
-from hybridnas.search_space.spec import SSMConfig
+from hybridnas.search_space.spec import ArchSpec, SSMConfig
 
 __all__ = ["LayerCost", "CostReport", "cost", "train_flops_per_token", "attention_pairs", "attention_shape"]
 
