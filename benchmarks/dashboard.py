@@ -36,6 +36,7 @@ from hybridnas import ArchSpec
 from hybridnas.search_space import layout
 from hybridnas.studies.storage import TRIALS, ResultsStore, spec_columns
 
+
 def write_study(url: str, trials: int, seed: int = 0) -> None:
     """A study named "bench" with ``trials`` complete rows and its objectives in Optuna."""
     rng = random.Random(seed)
@@ -122,7 +123,8 @@ def bare_app():
 
     app = dash.Dash(__name__)
     figure = go.Figure(go.Scattergl(x=list(range(10)), y=list(range(10)), mode="markers"))
-    app.layout = dash.html.Div([dash.dcc.Graph(id="pareto", figure=figure), dash.html.Span("10 points", id="summary-text")])
+    app.layout = dash.html.Div([dash.dcc.Graph(id="pareto", figure=figure),
+                                dash.html.Span("10 points", id="summary-text")])
     return app
 
 
@@ -164,12 +166,14 @@ def main():
         rows.append(("floor: bare Dash page, one 10-point graph, fresh profile", time_loads(fresh, bare_url)))
         browser.close()
         profile = p.chromium.launch_persistent_context(
-            tempfile.mkdtemp(prefix="hybridnas-chromium-"), executable_path=args.chromium, args=flags, viewport=viewport)
+            tempfile.mkdtemp(prefix="hybridnas-chromium-"), executable_path=args.chromium, args=flags,
+            viewport=viewport)
         time_loads(profile.new_page, page_url)  # V8 keeps a script's compiled code from its second load on
-        rows.insert(0, ("first page, a browser that has opened the dashboard before", time_loads(profile.new_page, page_url)))
+        rows.insert(0, ("first page, a browser that has opened the dashboard before",
+                        time_loads(profile.new_page, page_url)))
         profile.close()
-    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"{args.trials:,} trials, Chromium headless (software rendering)")
+    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, {args.trials:,} trials, Chromium headless (software rendering)")
     print("| measure | seconds (median of 5) |")
     print("|---|---|")
     for name, seconds in rows:

@@ -43,11 +43,13 @@ def fwd_bwd(fn, args):
 def main():
     rows = []
     args = ssd_case()
-    rows.append(("ssd_scan fwd+bwd", "8x4096, 24x64, N=128", timed(fwd_bwd(ssd_chunked, args)), timed(fwd_bwd(kernels.ssd_scan, args))))
+    rows.append(("ssd_scan fwd+bwd", "8x4096, 24x64, N=128", timed(fwd_bwd(ssd_chunked, args)),
+                 timed(fwd_bwd(kernels.ssd_scan, args))))
 
     b, h, p, n = 8, 24, 64, 128
     state = torch.randn(b, h, p, n, device="cuda", dtype=torch.bfloat16)
-    step_args = (torch.randn(b, h, p, device="cuda", dtype=torch.bfloat16), F.softplus(torch.randn(b, h, device="cuda")),
+    step_args = (torch.randn(b, h, p, device="cuda", dtype=torch.bfloat16),
+                 F.softplus(torch.randn(b, h, device="cuda")),
                  -torch.rand(h, device="cuda"), torch.randn(b, 1, n, device="cuda", dtype=torch.bfloat16),
                  torch.randn(b, 1, n, device="cuda", dtype=torch.bfloat16), torch.randn(h, device="cuda"))
     rows.append(("ssd_step", "8 x 24x64, N=128", timed(lambda: ssd_step(state, *step_args)),
@@ -62,7 +64,8 @@ def main():
     global_ms = timed(attention_fwd_bwd(causal_attention, None))
     rows.append(("causal_attention fwd+bwd (SDPA flash, both)", "8x4096, 16q/4kv x 64", global_ms, global_ms))
     rows.append(("window 512 fwd+bwd (dense mask vs FlexAttention)", "8x4096, 16q/4kv x 64",
-                 timed(attention_fwd_bwd(causal_attention, 512)), timed(attention_fwd_bwd(kernels.causal_attention, 512))))
+                 timed(attention_fwd_bwd(causal_attention, 512)),
+                 timed(attention_fwd_bwd(kernels.causal_attention, 512))))
 
     k_cache = torch.randn(4, 4, 32768, 64, device="cuda", dtype=torch.bfloat16)
     q1 = torch.randn(4, 16, 1, 64, device="cuda", dtype=torch.bfloat16)
@@ -73,11 +76,12 @@ def main():
     xc = torch.randn(8, 3328, 4096, device="cuda", dtype=torch.bfloat16)
     wc = torch.randn(3328, 4, device="cuda", dtype=torch.bfloat16)
     conv_ms = timed(lambda: causal_conv1d(xc, wc, None, "silu"))
-    rows.append(("causal_conv1d", "8 x 3328 ch x 4096", conv_ms, timed(lambda: kernels.causal_conv1d(xc, wc, None, "silu"))))
+    rows.append(("causal_conv1d", "8 x 3328 ch x 4096", conv_ms,
+                 timed(lambda: kernels.causal_conv1d(xc, wc, None, "silu"))))
 
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     print(f"backends: { {k: v['backend'] for k, v in kernels.backends().items()} }")
-    print(f"| op | shape | reference ms | fast ms | speed-up |")
+    print("| op | shape | reference ms | fast ms | speed-up |")
     print("|---|---|---|---|---|")
     for name, shape, ref, fast in rows:
         print(f"| {name} | {shape} | {ref:.2f} | {fast:.2f} | {ref / fast:.1f}x |")

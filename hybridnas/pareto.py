@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
@@ -364,7 +365,7 @@ def hypervolume_history(points, reference, directions: Sequence[str]) -> np.ndar
         return np.maximum.accumulate(np.where(inside, r[0] - x[:, 0], 0.0))
     if k == 2:
         stair = _Staircase(float(r[0]), float(r[1]))
-        for i, (row, ok) in enumerate(zip(x.tolist(), inside.tolist())):
+        for i, (row, ok) in enumerate(zip(x.tolist(), inside.tolist(), strict=True)):
             if ok:
                 stair.insert(*row)
             out[i] = stair.area
@@ -417,7 +418,10 @@ def default_reference(points, directions: Sequence[str], margin: float = 0.1) ->
 
     The push keeps every front point strictly better than the reference, so even the extreme
     points add volume. ValueError when no row is valid or margin is not a positive number."""
-    if not (np.isscalar(margin) and np.isfinite(margin) and margin > 0):
+    # np.isscalar (a TypeIs) narrows the declared float to numpy's whole scalar union (str,
+    # bytes, ...), which has no `>`; the guard is for callers that break the annotation, and
+    # the comparison is of the float the signature declares (cast: no runtime effect)
+    if not (np.isscalar(margin) and np.isfinite(margin) and cast(float, margin) > 0):
         raise ValueError(f"margin must be a positive finite number, got {margin!r}")
     signs = _signs(directions)
     x, valid = _minimised(points, signs)

@@ -96,16 +96,18 @@ def test_ranks_many_fronts_two_objectives():
     np.testing.assert_array_equal(ranks, brute_ranks(points, directions))
 
 
-def test_ranks_agree_with_the_halving_rules_incremental_ranks():
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("trend", [0, 8])  # 8: later points dominate many earlier ones
+def test_ranks_agree_with_the_halving_rules_incremental_ranks(k, trend):
     """ParetoHalving keeps each rung's ranks up to date point by point; after every arrival
     they are the non-dominated ranks of the points so far."""
     rng = np.random.default_rng(3)
-    points = rng.integers(0, 6, size=(80, 3))
-    rule = ParetoHalving(eta=3, signs=(1, 1, 1))
+    points = rng.integers(0, 6, size=(150, k)) - np.round(np.linspace(0, trend, 150))[:, None]
+    rule = ParetoHalving(eta=3, signs=(1,) * k)
     for i, p in enumerate(points.tolist()):
         rule.decide(f"t{i}", 0, p)
         rung = rule.reached[0]
-        assert rung.ranks[: rung.n].tolist() == nondominated_ranks(points[: i + 1], ["minimize"] * 3).tolist()
+        assert rung.ranks[: rung.n].tolist() == nondominated_ranks(points[: i + 1], ["minimize"] * k).tolist()
 
 
 def test_ranks_by_hand():

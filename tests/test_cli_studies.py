@@ -85,3 +85,12 @@ def test_query_pareto_and_studies(capsys, stored):
     assert code == 2 and "no study 'nope'" in err
     code, out, _ = run_cli(capsys, "studies", "--storage", stored)
     assert code == 0 and "s" in out and "3.0000" in out
+
+
+def test_query_pareto_gives_the_fronts_full_rows(stored):
+    """The front is found on the scalar columns, then its rows are read whole (spec and all)."""
+    from hybridnas.studies.query import query_study
+
+    front = query_study(stored, "s", pareto=["val_loss", "n_attn"])
+    assert front == [r for r in query_study(stored, "s") if r["trial"] == 0]
+    assert ArchSpec.from_dict(front[0]["spec"]) == ArchSpec.from_pattern("M-M-", d_model=64)

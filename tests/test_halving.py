@@ -30,7 +30,10 @@ def test_fronts_agree_with_brute_force_on_random_points():
 def brute_fronts(points):
     """Front of each point by peeling (all minimised; identical points share a front):
     the rule's decisions before it kept ranks incrementally."""
-    dom = lambda a, b: all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+    def dom(a, b):
+        pairs = list(zip(a, b, strict=True))
+        return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
+
     remaining, fronts, level = set(range(len(points))), [0] * len(points), 0
     while remaining:
         front = {i for i in remaining if not any(dom(points[j], points[i]) for j in remaining if j != i)}
@@ -62,7 +65,7 @@ def test_decisions_match_brute_force_on_random_points(k, values):
             seen = list(reference[rung])
             trial = rng.choice(seen) if seen and rng.random() < 0.1 else f"t{i}"  # some report again
             point = [rng.randrange(values) / 7 for _ in range(k)]
-            minimised = [s * v for s, v in zip(signs, point)]
+            minimised = [s * v for s, v in zip(signs, point, strict=True)]
             assert rule.decide(trial, rung, point) == brute_decide(reference[rung], trial, minimised, eta), (eta, i)
 
 
@@ -116,7 +119,10 @@ def test_scheduler_ranks_protected_trials_but_never_stops_them():
     scheduler = ParetoScheduler(ParetoHalving(eta=100, signs=(1,)), {})
     scheduler.protected.add("baseline")
     at_rung = {"rung": 0, "final": False}
-    decide = lambda trial, loss: scheduler.on_trial_result(None, SimpleNamespace(trial_id=trial), {**at_rung, "val_loss": loss})
+
+    def decide(trial, loss):
+        return scheduler.on_trial_result(None, SimpleNamespace(trial_id=trial), {**at_rung, "val_loss": loss})
+
     assert decide("first", 3.0) == TrialScheduler.CONTINUE
     assert decide("baseline", 4.0) == TrialScheduler.CONTINUE  # worse, protected
     assert decide("worse", 3.5) == TrialScheduler.STOP  # ranked against both

@@ -8,6 +8,7 @@ import pytest
 
 from hybridnas.analysis.report import write_report
 from hybridnas.analysis.study import load_study
+from hybridnas.proxies.recall import RECALL_TASKS
 from hybridnas.studies.config import Objective, load_study_config, parse_study_config
 from hybridnas.studies.objectives import REGISTRY, ObjectiveRef, default_direction, names
 from hybridnas.studies.query import query_study
@@ -34,6 +35,8 @@ def test_registry_entries_are_complete():
         assert (metric.factor is not None) == name.startswith("val_loss_"), name
         assert TRIALS.c[metric.column] is not None
     assert default_direction("flops_spent") == "minimize"  # not an objective: minimised
+    # the recall objectives are the tasks the recall proxy can score, plus their mean
+    assert {m.task for m in REGISTRY.values() if m.source == "recall"} == {*RECALL_TASKS, None}
 
 
 @pytest.mark.parametrize("name", names()[1:])  # val_loss is in every study

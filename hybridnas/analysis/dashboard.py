@@ -17,6 +17,7 @@ import json
 import math
 import threading
 import time
+from typing import Any
 
 import dash
 import plotly.graph_objects as go
@@ -63,13 +64,14 @@ def _layout(storage: str, names: list[str], first: str | None, refresh_s: float,
     """The page, with the first study's controls, plot and summary filled in."""
     controls = _controls(data)
     labels = controls["objectives"]
-    no_filters = [[] for _ in DIMENSIONS]
-    figure, summary = _pareto(data, first, labels, no_filters, None) if data else (go.Figure(), "")
+    no_filters: list[list[Any]] = [[] for _ in DIMENSIONS]
+    # a study is loaded only when one is named (first)
+    figure, summary = _pareto(data, first, labels, no_filters, None) if data and first else (go.Figure(), "")
     filters = [
         html.Div([html.Label(d, style={"fontWeight": "bold"}),
                   dcc.Dropdown(id={"type": "filter", "dim": d}, options=options, value=[], multi=True,
                                placeholder="all")], style=FILTER_STYLE)
-        for d, options in zip(DIMENSIONS, controls["filters"])
+        for d, options in zip(DIMENSIONS, controls["filters"], strict=True)  # _controls: a filter per dimension
     ]
     return html.Div(style={"fontFamily": "sans-serif", "background": "#f6f6f6", "padding": "12px"}, children=[
         html.H2("hybridnas", style={"margin": "0 0 4px 0"}),
@@ -136,7 +138,7 @@ def _pareto(data, study: str, labels: list[str], chosen: list, view: dict | None
     zoomed to ``view`` when it belongs to this study and these objectives."""
     if not labels or len(labels) not in (2, 3):
         return go.Figure(), "choose 2 or 3 objectives"
-    rows = data.filtered(dict(zip(DIMENSIONS, chosen)))
+    rows = data.filtered(dict(zip(DIMENSIONS, chosen, strict=True)))  # chosen: a value per filter, in order
     key = _view_key(study, labels)
     figure = figures.pareto_figure(data, rows, _objective_refs(data, labels), uirevision=key, hover="data")
     if view and view.get("key") == key:  # the user's zoom, kept across refreshes
@@ -145,7 +147,9 @@ def _pareto(data, study: str, labels: list[str], chosen: list, view: dict | None
     counts = status_counts(data.rows)
     summary = (f"{len(data.rows)} trials: {counts['complete']} complete, {counts['running']} running, "
                f"{counts['pruned']} pruned, {counts['fail']} failed; {shown} points shown")
-    return figure, html.Span(summary, id="summary-text", **{"data-points": str(shown)})
+    # a data-* attribute is no Python identifier: passed through Span's **wildcard_attrs
+    data_attrs: dict[str, Any] = {"data-points": str(shown)}
+    return figure, html.Span(summary, id="summary-text", **data_attrs)
 
 
 def _objective_refs(data, labels: list[str] | None) -> list[ObjectiveRef]:
@@ -173,9 +177,11 @@ function(hover, figure) {
         : Math.abs(v) >= 1e4 ? Math.round(v).toLocaleString("en-US")
         : (v !== 0 && Math.abs(v) < 1e-4) ? v.toExponential(3)
         : String(parseFloat(v.toPrecision(4)));
-    const colors = %s;
-    const span = (text, style) => ({type: "Span", namespace: "dash_html_components", props: {children: text, style: style}});
-    const div = (children, style) => ({type: "Div", namespace: "dash_html_components", props: {children: children, style: style}});
+    const colors = LAYER_COLORS_JSON;
+    const span = (text, style) => ({type: "Span", namespace: "dash_html_components",
+                                    props: {children: text, style: style}});
+    const div = (children, style) => ({type: "Div", namespace: "dash_html_components",
+                                       props: {children: children, style: style}});
     const cells = Array.from(pattern).map(s => span("\u2588", {color: colors[s] || "#000", fontSize: "16px"}));
     const children = [
         div([span("trial " + trial, {fontWeight: "bold"})]),
@@ -186,7 +192,7 @@ function(hover, figure) {
     ];
     return [true, point.bbox, div(children, {fontSize: "12px", whiteSpace: "nowrap"})];
 }
-""" % json.dumps(figures.LAYER_COLORS)
+""".replace("LAYER_COLORS_JSON", json.dumps(figures.LAYER_COLORS))
 
 
 def _callbacks(app: dash.Dash, storage: str, load) -> None:
@@ -271,7 +277,8 @@ def _callbacks(app: dash.Dash, storage: str, load) -> None:
         if not study:
             return go.Figure()
         data = load(study)
-        return figures.effect_figure(data.filtered(dict(zip(DIMENSIONS, chosen))), dimension, metric or "val_loss")
+        rows = data.filtered(dict(zip(DIMENSIONS, chosen, strict=True)))  # chosen: a value per filter, in order
+        return figures.effect_figure(rows, dimension, metric or "val_loss")
 
     @app.callback(Output("hypervolume", "figure"), Input("analysis-tabs", "value"), Input("summary", "children"),
                   State("study", "value"), State("objectives", "value"))
@@ -308,7 +315,7 @@ class _StudyCache:
     def __call__(self, study: str) -> StudyData:
         with self.lock:  # concurrent callbacks wait for the one read instead of each reading
             checked, data = self.loaded.get(study, (-math.inf, None))
-            if time.monotonic() - checked > self.check_s:
+            if data is None or time.monotonic() - checked > self.check_s:
                 if data is None or self.store.version(study) != data.version:
                     data = load_study(self.storage, study)
                 self.loaded[study] = (time.monotonic(), data)
@@ -356,7 +363,8 @@ def _trial_panel(row: dict) -> list:
         html.Button("download spec JSON", id="download-button", style={"margin": "6px 0"}),
         html.Details([html.Summary("config"),
                       html.Pre(json.dumps(row.get("config"), indent=2), style={"fontSize": "11px"})]),
-        html.Details([html.Summary("spec"), html.Pre(json.dumps(row.get("spec"), indent=2), style={"fontSize": "11px"})]),
+        html.Details([html.Summary("spec"),
+                      html.Pre(json.dumps(row.get("spec"), indent=2), style={"fontSize": "11px"})]),
     ]
 
 

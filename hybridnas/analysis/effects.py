@@ -38,7 +38,7 @@ def effect_summary(rows: Sequence[dict], by: Sequence[str], metric: str = "val_l
         seed_stds = [statistics.stdev(s) for s in seeds if len(s) >= 2]
         best, worst = (min, max) if objective.direction == "minimize" else (max, min)
         out.append({
-            **dict(zip(by, key)),
+            **dict(zip(by, key, strict=True)),  # key: a value per `by` column
             "n": len(values),
             "mean": statistics.fmean(values),
             "std": statistics.stdev(values) if len(values) >= 2 else None,
@@ -76,7 +76,7 @@ def param_importances(storage: str, study: str, evaluator: str = "ped-anova", se
     if len(complete) < 2:
         raise ValueError(f"study {study!r}: importance needs at least 2 complete trials with parameters, "
                          f"it has {len(complete)}")
-    out = {}
+    out: dict[str, dict[str, float]] = {}
     for index, objective in enumerate(study_objectives(storage, study)):
         values = {t.values[index] for t in complete}
         if len(values) < 2:

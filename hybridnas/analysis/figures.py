@@ -20,7 +20,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from hybridnas import pareto
-from hybridnas.analysis.study import ObjectiveRef, StudyData
+from hybridnas.analysis.study import ObjectiveRef, StudyData, directions
 
 __all__ = [
     "LAYER_COLORS",
@@ -35,7 +35,9 @@ __all__ = [
 ]
 
 LAYER_COLORS = {"M": "#1f77b4", "*": "#d62728", "W": "#ff7f0e", "H": "#9467bd", "-": "#c7c7c7", "E": "#2ca02c"}
-LAYER_NAMES = {"M": "Mamba-2", "*": "attention", "W": "window attention", "H": "intra hybrid", "-": "FFN", "E": "MoE FFN"}
+LAYER_NAMES = {
+    "M": "Mamba-2", "*": "attention", "W": "window attention", "H": "intra hybrid", "-": "FFN", "E": "MoE FFN",
+}
 FUSION_COLORS = {"inter": "#1f77b4", "intra": "#9467bd", "none": "#7f7f7f"}
 LOG_SCALE = frozenset({"params", "params_active", "cache_bytes", "train_flops"})
 GL_THRESHOLD = 3000  # above this many points, WebGL draws them (SVG slows down past a few thousand)
@@ -74,19 +76,20 @@ def pareto_figure(data: StudyData, rows: Sequence[dict], objectives: Sequence[Ob
     points_rows = [r for r in rows if r["status"] == "complete" and r.get("reused_from") is None]
     values = data.values(objectives, points_rows)
     keep = ~np.isnan(values).any(axis=1)
-    points_rows = [r for r, k in zip(points_rows, keep) if k]
+    points_rows = [r for r, k in zip(points_rows, keep, strict=True) if k]  # keep: one per row
     values = values[keep]
-    directions = [o.direction for o in objectives]
+    dirs = directions(objectives)
     figure = go.Figure()
     scatter = go.Scattergl if len(points_rows) > GL_THRESHOLD else go.Scatter
     if hover == "data":
         layouts: dict[tuple[str, str], int] = {}
         points = {str(r["trial"]): [layouts.setdefault(_described(r), len(layouts)), *v[2:]]
-                  for r, v in zip(points_rows, values.tolist())}
+                  for r, v in zip(points_rows, values.tolist(), strict=True)}
         figure.update_layout(meta={"objectives": [o.label for o in objectives], "layouts": list(layouts),
                                    "points": points})
     else:
-        lines = [[*_described(r), *_value_lines(v, objectives)] for r, v in zip(points_rows, values.tolist())]
+        lines = [[*_described(r), *_value_lines(v, objectives)]
+                 for r, v in zip(points_rows, values.tolist(), strict=True)]
 
     def hover_props(indices) -> dict:
         # a plain list: a base64 typed array would be cheaper to send, but Dash leaves typed
@@ -95,7 +98,7 @@ def pareto_figure(data: StudyData, rows: Sequence[dict], objectives: Sequence[Ob
         if hover == "data":
             return {"customdata": trials, "hoverinfo": "none"}
         return {"customdata": trials, "hoverinfo": "text",
-                "hovertext": [_hover_html(trial, lines[i]) for trial, i in zip(trials, indices)]}
+                "hovertext": [_hover_html(trial, lines[i]) for trial, i in zip(trials, indices, strict=True)]}
 
     everyone = range(len(points_rows))
     if len(objectives) == 3:
@@ -110,12 +113,13 @@ def pareto_figure(data: StudyData, rows: Sequence[dict], objectives: Sequence[Ob
             if not mine:
                 continue
             figure.add_trace(scatter(
-                x=values[mine, 0], y=values[mine, 1], mode="markers", name=f"{fusion} fusion" if fusion != "none" else "pure",
+                x=values[mine, 0], y=values[mine, 1], mode="markers",
+                name=f"{fusion} fusion" if fusion != "none" else "pure",
                 **hover_props(mine),
                 marker={"color": FUSION_COLORS[fusion], "size": 8, "opacity": 0.8},
             ))
     if len(points_rows):
-        front = pareto.pareto_front(values, directions)
+        front = pareto.pareto_front(values, dirs)
         order = front[np.argsort(values[front, 0])]
         figure.add_trace(go.Scatter(
             x=values[order, 0], y=values[order, 1], mode="lines+markers", name="Pareto front",
@@ -123,7 +127,7 @@ def pareto_figure(data: StudyData, rows: Sequence[dict], objectives: Sequence[Ob
             marker={"size": 12, "color": "rgba(0,0,0,0)", "line": {"color": "black", "width": 1.5}},
             **hover_props(order),
         ))
-        knee = pareto.knee_point(values, directions)
+        knee = pareto.knee_point(values, dirs)
         figure.add_trace(go.Scatter(
             x=[values[knee, 0]], y=[values[knee, 1]], mode="markers", name="knee",
             marker={"size": 20, "color": "rgba(0,0,0,0)", "line": {"color": "#e377c2", "width": 2.5}},
@@ -152,14 +156,15 @@ def _described(row: dict) -> tuple[str, str]:
     """(pattern, "fusion, baseline, merge, MoE"): the hover's first lines."""
     described = (row.get("fusion") or "-") + (f", baseline {row['baseline']}" if row.get("baseline") else "")
     if row.get("merge_op"):
-        described += f", merge {row['merge_op']}" + (f" ({row['merge_norm']} norm)" if row.get("merge_norm") not in (None, "none") else "")
+        norm = f" ({row['merge_norm']} norm)" if row.get("merge_norm") not in (None, "none") else ""
+        described += f", merge {row['merge_op']}" + norm
     if row.get("moe"):
         described += f", MoE {row.get('moe_experts')}x top-{row.get('moe_top_k')}"
     return row["pattern"], described
 
 
 def _value_lines(values: Sequence[float], objectives: Sequence[ObjectiveRef]) -> list[str]:
-    return [f"{o.label}: {_number(v)}" for o, v in zip(objectives, values)]
+    return [f"{o.label}: {_number(v)}" for o, v in zip(objectives, values, strict=True)]  # a value per objective
 
 
 def _hover_html(trial: int, lines: list[str]) -> str:
@@ -183,7 +188,8 @@ def layout_strip(labelled: Sequence[tuple[str, str]], title: str | None = None) 
     symbols = list(LAYER_COLORS)
     width = max((len(p) for _, p in labelled), default=0)
     z = [[symbols.index(s) if s in symbols else None for s in p] + [None] * (width - len(p)) for _, p in labelled]
-    text = [[f"layer {i}: {LAYER_NAMES.get(s, s)}" for i, s in enumerate(p)] + [""] * (width - len(p)) for _, p in labelled]
+    text = [[f"layer {i}: {LAYER_NAMES.get(s, s)}" for i, s in enumerate(p)] + [""] * (width - len(p))
+            for _, p in labelled]
     n = len(symbols)
     colorscale = []
     for i, s in enumerate(symbols):  # a stepped scale: each symbol one flat colour band
@@ -258,9 +264,9 @@ def hypervolume_figure(data: StudyData, objectives: Sequence[ObjectiveRef]) -> g
     ok = ~np.isnan(values).any(axis=1)
     figure = go.Figure()
     if ok.sum() >= 1:
-        directions = [o.direction for o in objectives]
-        reference = pareto.default_reference(values[ok], directions)
-        history = pareto.hypervolume_history(values, reference, directions)
+        dirs = directions(objectives)
+        reference = pareto.default_reference(values[ok], dirs)
+        history = pareto.hypervolume_history(values, reference, dirs)
         figure.add_trace(go.Scatter(x=[r["trial"] for r in rows], y=history,
                                     mode="lines+markers" if len(rows) <= POINTS_IN_BOXES else "lines",
                                     line={"shape": "hv"}, name="hypervolume"))

@@ -81,7 +81,9 @@ def attention_dense_gap(spec: ArchSpec, seq_len: int) -> float:
 
 
 @torch.library.custom_op("hybridnas::ssd_scan_opaque", mutates_args=())
-def _ssd_scan_opaque(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
+def _ssd_scan_opaque(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, chunk_size: int
+) -> tuple[Tensor, Tensor]:
     y, state = ssd_chunked(x, dt, A, B, C, D, None, chunk_size)
     return y, state
 

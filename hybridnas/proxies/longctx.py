@@ -113,7 +113,8 @@ class _PieceEncoder:
 def _filler_sentences(encode: _PieceEncoder, budget: int) -> list[str]:
     """Filler sentences, in FILLER's cycle, whose tokens (each with a leading space) sum to
     at most ``budget``."""
-    sentences, used = [], 0
+    sentences: list[str] = []
+    used = 0
     while True:
         text = FILLER[len(sentences) % len(FILLER)]
         n = len(encode(text, first=False))
@@ -300,7 +301,7 @@ def _run_cell(model, tokenizer, prompts: list[PasskeyPrompt], digits: int, devic
             return all(len(_digits_in(t)) >= digits for t in texts(new))
 
         new = _greedy_decode(model, tokens, digits + EXTRA_DECODE_TOKENS, done)
-        hits += sum(_digits_in(t)[:digits] == p.key for t, p in zip(texts(new), group))
+        hits += sum(_digits_in(t)[:digits] == p.key for t, p in zip(texts(new), group, strict=True))
     return hits / len(prompts)
 
 

@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from hybridnas.search_space import ArchSpec
 from hybridnas.proxies import synthetic
+from hybridnas.search_space import ArchSpec
 
 __all__ = ["RecallConfig", "RecallReport", "RECALL_TASKS", "gpu_share", "reduced_spec", "score_recall", "train_task"]
 
@@ -162,7 +162,7 @@ def train_task(spec: ArchSpec, data: synthetic.TaskData, lr: float, config: Reca
 def _evaluate(model, data: synthetic.TaskData, device: torch.device, chunk: int = 256) -> tuple[float, float]:
     """(accuracy, loss) over every answer position of the held-out test set."""
     model.eval()
-    correct = total = 0
+    correct, total = 0.0, 0
     loss_sum = 0.0
     for start in range(0, len(data.test_inputs), chunk):
         targets = data.test_targets[start : start + chunk].to(device)

@@ -18,11 +18,12 @@ On a CPU nothing is measured: every figure is None and ``reason`` says why.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from hybridnas.model import CUDAGraphStep, GraphCaptureError, HybridLM
+from hybridnas.model import CUDAGraphStep, GraphCaptureError, HybridLM, LMCache
 from hybridnas.search_space import ArchSpec
 
 __all__ = ["SpeedReport", "measure", "measure_training", "measure_decode", "cuda_time"]
@@ -114,26 +115,40 @@ def measure_decode(
     report = SpeedReport(device=torch.cuda.get_device_name(), batch=batch)
     for context in contexts:
         tokens = torch.randint(0, spec.vocab_size, (batch, context), device="cuda")
-        max_len = context + steps * (repeats + 2) + 4  # + the graph's warm-up (restored, but bounded the same)
-        cache_box = {}
-
-        def prefill():
-            cache_box["cache"] = model.allocate_cache(batch, max_len)
-            model(tokens, cache_box["cache"])
-
-        report.prefill_tokens_per_s[context] = batch * context / cuda_time(prefill, repeats=1, warmup=1)
-        cache = cache_box.pop("cache")
+        # + the graph's warm-up (restored, but bounded the same)
+        max_len = context + steps * (repeats + 2) + 4
+        seconds, cache = _time_prefill(model, tokens, max_len)
+        report.prefill_tokens_per_s[context] = batch * context / seconds
         step, report.decode_mode = _decode_step(model, cache, cuda_graph)
         next_tokens = tokens[:, -1]
-
-        def decode():
-            for _ in range(steps):
-                step(next_tokens)
-
-        report.decode_tokens_per_s[context] = batch * steps / cuda_time(decode, repeats, warmup=1)
-        del cache, step
+        report.decode_tokens_per_s[context] = batch * steps / _time_decode(step, next_tokens, steps, repeats)
+        del cache, step  # free this context's cache (and graph) before the next, larger one
         torch.cuda.empty_cache()
     return report
+
+
+def _time_prefill(model: HybridLM, tokens: torch.Tensor, max_len: int) -> tuple[float, LMCache]:
+    """Seconds of one prefill of ``tokens`` into a fresh cache of ``max_len`` positions (one
+    warm-up, one timed), and the cache the timed prefill filled."""
+    batch = tokens.shape[0]
+    cache_box: dict[str, LMCache] = {}
+
+    def prefill() -> None:
+        cache_box["cache"] = model.allocate_cache(batch, max_len)
+        model(tokens, cache_box["cache"])
+
+    seconds = cuda_time(prefill, repeats=1, warmup=1)
+    return seconds, cache_box.pop("cache")
+
+
+def _time_decode(step: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor, steps: int, repeats: int) -> float:
+    """Median seconds of ``steps`` decode steps of ``tokens`` (one warm-up run)."""
+
+    def decode() -> None:
+        for _ in range(steps):
+            step(tokens)
+
+    return cuda_time(decode, repeats, warmup=1)
 
 
 def _decode_step(model: HybridLM, cache, cuda_graph: bool):

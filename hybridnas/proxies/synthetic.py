@@ -105,8 +105,9 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -451,7 +452,7 @@ def _motifs(rng: _Rng, count: int, vocab: int, size_max: int, low: int) -> list:
     """``count`` motifs (tuples) of 1..size_max distinct tokens from [low, low+vocab)."""
     sizes = rng.integers(1, size_max + 1, size=count)
     order = np.argsort(rng.random((count, vocab)), axis=1)[:, :size_max] + low
-    return [tuple(row[:size]) for row, size in zip(order.tolist(), sizes.tolist())]
+    return [tuple(row[:size]) for row, size in zip(order.tolist(), sizes.tolist(), strict=True)]
 
 
 def _fuzzy_row(lay: _Recall, rng: _Rng, stream_len: int) -> tuple[list, list]:
@@ -461,8 +462,10 @@ def _fuzzy_row(lay: _Recall, rng: _Rng, stream_len: int) -> tuple[list, list]:
     value_motifs = _motifs(rng, most, lay.n_values, lay.vmax, lay.n_keys)
     multi = lay.copy is None
     reserve = lay.kmax + lay.vmax + (not multi)  # room kept for the probe (and copy prefix)
-    tokens, answer, table = [], [], {}
-    for key, fresh in zip(key_motifs, value_motifs):
+    tokens: list[int] = []
+    answer: list[bool] = []
+    table: dict[tuple[int, ...], tuple[int, ...]] = {}
+    for key, fresh in zip(key_motifs, value_motifs, strict=True):  # both `most` long
         if len(tokens) + lay.kmax + lay.vmax + reserve > stream_len:
             break
         asked = multi and key in table  # single query asks the probe only
@@ -470,7 +473,7 @@ def _fuzzy_row(lay: _Recall, rng: _Rng, stream_len: int) -> tuple[list, list]:
         tokens += [*key, *value]
         answer += [False] * len(key) + [asked] * len(value)
     probe = list(table)[rng.integers(len(table))]  # uniform over the distinct keys shown
-    prefix = [] if multi else [lay.copy]
+    prefix = [] if lay.copy is None else [lay.copy]  # lay.copy is None exactly when multi
     tokens += [*prefix, *probe, *table[probe]]
     answer += [False] * (len(prefix) + len(probe)) + [True] * len(table[probe])
     return tokens, answer

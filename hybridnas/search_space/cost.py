@@ -48,6 +48,7 @@ constant in T. Bae et al. report 256 MiB (Llama-1B) and 13.4 MiB (Mamba-2-1B) at
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from hybridnas.search_space.spec import ArchSpec, SSMConfig
 
@@ -106,7 +107,7 @@ class CostReport:
         )
         object.__setattr__(self, "total", total)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The JSON shape of ``hybridnas inspect --json``."""
         return {
             "spec": self.spec.to_dict(),
@@ -185,6 +186,7 @@ def attention_shape(spec: ArchSpec, symbol: str) -> tuple[int, int, int | None] 
     if symbol in "*W":
         return dims.d_attn, dims.d_kv, spec.attn.window if symbol == "W" else None
     if symbol == "H":
+        assert dims.hybrid is not None, "validated specs with H have hybrid dims"
         return dims.hybrid.d_attn, dims.hybrid.attn_kv_heads * spec.attn.head_dim, None
     return None
 
@@ -199,6 +201,7 @@ def _layer_cost(spec: ArchSpec, index: int, symbol: str, seq_len: int, nbytes: i
         params = _mamba_params(d, dims.d_ssm, dims.ssm_heads, s)
         ssm_d = dims.d_ssm
     elif symbol == "H":
+        assert dims.hybrid is not None, "validated specs with H have hybrid dims"
         params = _hybrid_params(spec)
         ssm_d = dims.hybrid.d_ssm
     elif symbol == "-":
@@ -224,6 +227,7 @@ def _layer_cost(spec: ArchSpec, index: int, symbol: str, seq_len: int, nbytes: i
         infer += 4.0 * attn_d * seen
         cache += 2 * attn_kv * seen
     if symbol == "H" and spec.hybrid.merge == "merge_attention":
+        assert dims.hybrid is not None, "validated specs with H have hybrid dims"
         m = dims.hybrid.merge_width  # W_k is applied to both branch outputs: once more than 6·N counts
         train += 6.0 * m * m
         infer += 2.0 * m * m

@@ -123,14 +123,18 @@ def layout(
     return "".join(layers)
 
 
-def n_attn_for_ratio(n_mixers: int, ratio: str) -> int:
-    """Attention mixers for an ``attention:mamba`` ratio such as ``"1:5"`` (rounded half up).
+def n_attn_for_ratio(n_mixers: int, ratio: str | tuple[float, float]) -> int:
+    """Attention mixers for an ``attention:mamba`` ratio such as ``"1:5"`` or ``(1, 5)``
+    (already parsed, as a study's ratios are) (rounded half up).
 
     Bae et al.'s Inter 1:5 at 13 mixers has n_attn_for_ratio(13, "1:5") = 2."""
-    try:
-        attn, mamba = (float(x) for x in ratio.split(":"))
-    except ValueError:
-        raise SpecError(f"ratio={ratio!r}: expected attention:mamba such as 1:5") from None
+    if isinstance(ratio, tuple):
+        attn, mamba = ratio
+    else:
+        try:
+            attn, mamba = (float(x) for x in ratio.split(":"))
+        except ValueError:
+            raise SpecError(f"ratio={ratio!r}: expected attention:mamba such as 1:5") from None
     if attn < 0 or mamba < 0 or attn + mamba == 0:
         raise SpecError(f"ratio={ratio!r}: parts must be non-negative and not both zero")
     return math.floor(n_mixers * attn / (attn + mamba) + 0.5)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -42,9 +42,9 @@ from pydantic import (
 
 from hybridnas.errors import UserError, format_validation_error
 from hybridnas.search_space.errors import SpecError
-from hybridnas.search_space.layout import PLACEMENTS
+from hybridnas.search_space.layout import Placement
 from hybridnas.search_space.spec import ArchSpec
-from hybridnas.studies.objectives import DEFAULT_CONTEXT, REGISTRY, ObjectiveRef, names
+from hybridnas.studies.objectives import DEFAULT_CONTEXT, REGISTRY, Direction, ObjectiveRef, names
 from hybridnas.trainer.config import TrainConfig
 
 __all__ = [
@@ -71,6 +71,18 @@ __all__ = [
 # "recall" summary, which averages the study's [recall] tasks)
 RECALL_TASKS = tuple(m.task for m in REGISTRY.values() if m.task is not None)
 BASELINES = ("attention", "mamba2", "bae-inter-1:5", "bae-intra-1:5")
+
+# Literals of names computed at import (the registry's, the baselines above): ``Literal[tuple]``
+# is the same type as ``Literal[a, b, ...]`` at runtime, which is what pydantic validates
+# against, but mypy cannot evaluate it; to mypy they are the str they are.
+if TYPE_CHECKING:
+    ObjectiveName = str
+    RecallTask = str
+    Baseline = str
+else:
+    ObjectiveName = Literal[names()]
+    RecallTask = Literal[RECALL_TASKS]
+    Baseline = Literal[BASELINES]
 
 
 class StudyConfigError(UserError):
@@ -161,9 +173,9 @@ def _check_choices(values: tuple) -> tuple:
     return values
 
 
-def Choices(item: Any) -> Any:  # noqa: N802 - reads as a type in the field annotations
-    """A tuple of choices of ``item``, given in TOML as one value or an array."""
-    return Annotated[tuple[item, ...], BeforeValidator(_as_tuple), Field(min_length=1)]
+_Item = TypeVar("_Item")
+# ``Choices[X]``: a tuple of choices of ``X``, given in TOML as one value or an array.
+Choices = Annotated[tuple[_Item, ...], BeforeValidator(_as_tuple), Field(min_length=1)]
 
 
 class _Section(BaseModel):
@@ -202,20 +214,20 @@ class MergeSpace(_Section):
     """How the two branches of an ``H`` block are merged (``ArchSpec.hybrid``); defaults are
     ArchSpec's (Bae et al.'s best block)."""
 
-    norm: Choices(Literal["none", "rms", "group"]) = ("group",)
-    op: Choices(Literal["mean", "add", "sub", "concat", "merge_attention"]) = ("sub",)
-    scale: Choices(Literal["none", "scalar", "vector"]) = ("none",)
-    gate: Choices(Literal["none", "sigmoid"]) = ("none",)
-    out_proj: Choices(Literal["joint", "separate"]) = ("separate",)
+    norm: Choices[Literal["none", "rms", "group"]] = ("group",)
+    op: Choices[Literal["mean", "add", "sub", "concat", "merge_attention"]] = ("sub",)
+    scale: Choices[Literal["none", "scalar", "vector"]] = ("none",)
+    gate: Choices[Literal["none", "sigmoid"]] = ("none",)
+    out_proj: Choices[Literal["joint", "separate"]] = ("separate",)
 
 
 class MoESpace(_Section):
     """Which FFNs are mixtures of experts (``ffn``) and their shape (``ArchSpec.moe``)."""
 
-    ffn: Choices(Literal["none", "every", "every_other"]) = ("none",)
-    n_experts: Choices(Literal[4, 8, 16]) = (8,)
-    top_k: Choices(Literal[1, 2]) = (1,)
-    n_shared: Choices(Literal[0, 1]) = (1,)
+    ffn: Choices[Literal["none", "every", "every_other"]] = ("none",)
+    n_experts: Choices[Literal[4, 8, 16]] = (8,)
+    top_k: Choices[Literal[1, 2]] = (1,)
+    n_shared: Choices[Literal[0, 1]] = (1,)
 
 
 class SpaceConfig(_Section):
@@ -224,12 +236,12 @@ class SpaceConfig(_Section):
     neither means ``attn_ratio = "1:5"``."""
 
     n_attn: Annotated[tuple[Annotated[int, Field(ge=0)], ...], BeforeValidator(_as_tuple)] | IntRange | None = None
-    attn_ratio: Choices(RatioField) | None = None
-    placement: Choices(Literal[PLACEMENTS]) = ("even",)  # type: ignore[valid-type]
-    fusion: Choices(Literal["inter", "intra"]) = ("inter",)
-    attention: Choices(Literal["global", "window"]) = ("global",)  # inter-layer attention only
-    window: Choices(Annotated[int, Field(gt=0)]) = (512,)  # keys per query for "window"
-    rope: Choices(bool) = (True,)
+    attn_ratio: Choices[RatioField] | None = None
+    placement: Choices[Placement] = ("even",)
+    fusion: Choices[Literal["inter", "intra"]] = ("inter",)
+    attention: Choices[Literal["global", "window"]] = ("global",)  # inter-layer attention only
+    window: Choices[Annotated[int, Field(gt=0)]] = (512,)  # keys per query for "window"
+    rope: Choices[bool] = (True,)
     attn_fraction: tuple[SplitField, ...] = (Split("1:1", 0.5),)  # H blocks: "attention:SSM" or a fraction
     merge: MergeSpace = MergeSpace()
     moe: MoESpace = MoESpace()
@@ -312,7 +324,7 @@ class Objective(_Section):
     ``context`` (tokens) only for those taken at a context. :attr:`ref` is the typed value
     the rest of hybridnas reads."""
 
-    name: Literal[names()]  # type: ignore[valid-type]
+    name: ObjectiveName
     direction: Literal["minimize", "maximize"] | None = None
     context: Annotated[int, Field(gt=0)] | None = None
 
@@ -358,8 +370,7 @@ class RecallSettings(_Section):
     the shrunk width and state, the learning-rate grid and steps per task, the tasks the
     "recall" summary averages, and the recall family's sequence length and MQAR pairs."""
 
-    tasks: tuple[Literal[RECALL_TASKS], ...] = ("mqar", "in_context_recall", "noisy_recall",  # type: ignore[valid-type]
-                                                          "selective_copying")
+    tasks: tuple[RecallTask, ...] = ("mqar", "in_context_recall", "noisy_recall", "selective_copying")
     d_model: Annotated[int, Field(ge=8)] = 64
     head_dim: Annotated[int, Field(ge=4)] = 16
     d_state: Annotated[int, Field(ge=1)] | None = None
@@ -406,7 +417,7 @@ class StudyConfig(_Section):
     trials: Annotated[int, Field(ge=1)] = 32
     concurrent: Annotated[int, Field(ge=1)] = 1
     seeds_per_candidate: Annotated[int, Field(ge=1)] = 1
-    baselines: tuple[Literal[BASELINES], ...] = BASELINES  # type: ignore[valid-type]
+    baselines: tuple[Baseline, ...] = BASELINES
     # candidates to try right after the baselines, as Optuna parameters ({"fusion": "intra",
     # "merge.op": "mean"}; the rest is sampled). Like baselines they are reference points of
     # the frontier: the rung rule ranks them but never stops them
@@ -458,6 +469,7 @@ class StudyConfig(_Section):
         kind, choices = self.space.share
         if kind == "n_attn" and self.size.mode == "fixed":
             most = max(choices.values() if isinstance(choices, IntRange) else choices)
+            assert self.size.n_mixers is not None, "SizeConfig requires n_mixers when mode = 'fixed'"
             if most > self.size.n_mixers:
                 raise ValueError(f"space.n_attn: {most} exceeds size.n_mixers={self.size.n_mixers}")
         return self
@@ -468,9 +480,13 @@ class StudyConfig(_Section):
         return tuple(o.ref for o in self.objectives)
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Direction]:
         """For ``optuna.create_study(directions=...)``, in objective order."""
-        return [o.direction for o in self.objectives]
+        directions: list[Direction] = []
+        for o in self.objectives:
+            assert o.direction is not None, "Objective._defaults fills in the registry's direction"
+            directions.append(o.direction)
+        return directions
 
     @property
     def vocab_size(self) -> int:
@@ -511,8 +527,8 @@ def _parse(filename: str, text: str) -> dict:
         found = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
         if found:  # Python 3.11-3.13 put the position in the message
             message = f"line {found[1]}: {message[: found.start()]} (column {found[2]})"
-        elif getattr(exc, "lineno", None):
-            message = f"line {exc.lineno}: {getattr(exc, 'msg', message)}"
+        elif lineno := getattr(exc, "lineno", None):  # Python 3.14+ has the position as attributes
+            message = f"line {lineno}: {getattr(exc, 'msg', message)}"
         raise StudyConfigError(f"{filename}: {message}") from None
 
 

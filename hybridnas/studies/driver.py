@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +84,10 @@ class ParetoScheduler(FIFOScheduler):
         report = report_from_tune(result)
         if report is None or report.final:
             return TrialScheduler.CONTINUE
-        point = (report.val_loss, *self.cost_points.get(trial.trial_id, ()))
+        assert report.rung is not None, "a report that is not final is a rung's"
+        # a missing loss ranks as NaN (invalid: the last front), as the rule's float array would read None
+        loss = math.nan if report.val_loss is None else report.val_loss
+        point = (loss, *self.cost_points.get(trial.trial_id, ()))
         decision = self.rule.decide(trial.trial_id, report.rung, point)  # ranks it for the others too
         if decision == "stop" and trial.trial_id not in self.protected:
             self.stopped.add(trial.trial_id)
@@ -168,7 +172,9 @@ class OptunaBridge(Searcher):
     def suggest(self, trial_id: str) -> dict | None:
         for _ in range(1000):  # infeasible and reused candidates do not use up a Tune trial
             if self.counted >= self.config.trials:
-                return Searcher.FINISHED
+                # Ray's protocol (Searcher.suggest's docstring: "dict | FINISHED | None"), which its
+                # annotation, Optional[Dict], leaves out
+                return Searcher.FINISHED  # type: ignore[return-value]
             trial = self.study.ask()
             self.counted += 1  # unless it turns out infeasible: never trained, not counted
             outcome = self._candidate(trial)
@@ -214,14 +220,15 @@ class OptunaBridge(Searcher):
             if twin.pruned:
                 self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             else:
+                assert twin.values is not None, "_settle keeps the values of every twin not pruned"
                 self.study.tell(trial, list(twin.values))
                 self.complete_values.append(twin.values)
             row = self.store.row(self.study.study_name, twin.number) or {}
             columns = {k: row[k] for k in REUSED if k in row}
             fixed = {**spec_columns(spec, params), **self._cost_columns(spec), "baseline": baseline,
                      "budget_flops": self.config.budget.flops}
-            self._write(_Live(trial.number, trial._trial_id, spec, fixed), status="pruned" if twin.pruned else "complete",
-                        reused_from=twin.number, **columns)
+            self._write(_Live(trial.number, trial._trial_id, spec, fixed),
+                        status="pruned" if twin.pruned else "complete", reused_from=twin.number, **columns)
             self.tally.reused += 1
             if twin.pruned:
                 self.tally.pruned += 1

@@ -15,13 +15,15 @@ or an infinity is invalid, in a last front of its own (every valid point is bett
 Each rung keeps its points in a numpy array and their ranks, updated as a point arrives
 instead of re-sorting the rung: a new point p only raises the ranks of the points it
 dominates, each to at least rank(p) + 1 + its rank among those points (the longest chain of
-dominance from p to it), so one decision costs a few vectorised scans of the rung plus, when
-a rank can change, one non-dominated sort of some of the m points p dominates (O(m log m) in
-2 objectives): about linear in the rung's size, where re-sorting the rung was quadratic.
+dominance from p to it). One decision costs a few vectorised scans of the rung plus, when a
+rank can change, in 2 objectives one non-dominated sort of some of the m points p dominates
+(O(m log m)), in more one vectorised scan of them per raised rank: about linear in the
+rung's size, where re-sorting the rung was quadratic or worse.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -73,7 +75,7 @@ class _Rung:
     def _weakly(self, p: np.ndarray, i: int, below: bool) -> np.ndarray:
         """[i] bool over the first i rows: row <= p everywhere (below) or row >= p (not below)."""
         out = np.ones(i, dtype=bool)
-        for column, value in zip(self.cols[:, :i], p.tolist()):
+        for column, value in zip(self.cols[:, :i], p.tolist(), strict=True):
             out &= column <= value if below else column >= value
         return out
 
@@ -86,14 +88,17 @@ class _Rung:
         rank = int(ranks[dominating].max()) + 1 if dominating.any() else 0
         self.ranks[i] = rank
         dominated = valid & ge & ~le
-        # A point q that p dominates gets max(its rank, rank(p) + 1 + its rank among the points
-        # p dominates): the longest chain through p. Ranks rise by at least one along a chain,
-        # so only a chain starting at a seed (a dominated point ranked no worse than p) can beat
-        # q's rank, and such a chain stays among the points a seed weakly dominates: only they
-        # need sorting. Usually there is no seed, or one or two.
+        # Only the points p dominates can change: each q to max(its rank, rank(p) + 1 + its rank
+        # among the points p dominates), the longest chain through p. Ranks rise by at least one
+        # along a chain, so only a chain starting at a seed (a dominated point ranked no worse
+        # than p) can beat q's rank. Usually there is no seed, or one or two.
         seeds = np.flatnonzero(dominated & (ranks <= rank))
         if not seeds.size:
             return
+        if self.k > 2:  # sorting is O(m^2) here; the few raised ranks are cheaper to chase
+            self._raise(np.flatnonzero(dominated), rank)
+            return
+        # 2 objectives: sort (O(m log m)) the points a seed weakly dominates, where those chains stay
         if seeds.size <= 32:  # else sort them all: the same ranks, fewer scans
             reach = np.zeros(i, dtype=bool)
             for seed in seeds:
@@ -102,6 +107,36 @@ class _Rung:
         idx = np.flatnonzero(dominated)
         chain = rank + 1 + nondominated_ranks(self.cols[:, idx].T, ["minimize"] * self.k)
         ranks[idx] = np.maximum(ranks[idx], chain)
+
+    def _raise(self, idx: np.ndarray, rank: int) -> None:
+        """Raise the ranks of rows idx (those the new point, of rank ``rank``, dominates): the
+        seeds to rank + 1, then whatever each raised point dominates to one past it, taking
+        the points in lexicographic order (every dominator first), so that each raised point
+        is final when taken and is scanned once: O(raised x m) vectorised."""
+        cols = self.cols[:, idx]
+        order = np.lexsort(cols[::-1])
+        idx, cols = idx[order], np.ascontiguousarray(cols[:, order])
+        new = self.ranks[idx]
+        pending = np.flatnonzero(new <= rank).tolist()
+        new[pending] = rank + 1
+        done = np.zeros(len(idx), dtype=bool)
+        while pending:
+            a = heapq.heappop(pending)
+            if done[a]:
+                continue
+            done[a] = True
+            later = cols[:, a + 1:]
+            ge = np.ones(later.shape[1], dtype=bool)
+            ne = np.zeros(later.shape[1], dtype=bool)
+            for column, value in zip(later, cols[:, a].tolist(), strict=True):
+                ge &= column >= value
+                ne |= column != value
+            up = np.flatnonzero(ge & ne & (new[a + 1:] <= new[a])) + (a + 1)
+            if up.size:
+                new[up] = new[a] + 1
+                for u in up.tolist():
+                    heapq.heappush(pending, u)
+        self.ranks[idx] = new
 
     def _rerank(self) -> None:
         n = self.n

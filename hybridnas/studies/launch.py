@@ -101,7 +101,7 @@ def launch(target: str, *, storage: str | None = None, ray_address: str | None =
     if not ray.is_initialized():
         ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     gpus = ray.cluster_resources().get("GPU", 0)
-    resources = {"gpu": 1, "cpu": 2} if gpus else {"cpu": 1}
+    resources: dict[str, float] = {"gpu": 1, "cpu": 2} if gpus else {"cpu": 1}
 
     tally = Tally()
     scheduler = ParetoScheduler.for_study(config)
@@ -131,7 +131,7 @@ def pareto_rows(store: ResultsStore, config) -> list[dict]:
     refs = config.refs
     rows = [r for r in store.rows(config.name) if r["status"] == "complete" and r.get("reused_from") is None]
     points = [[ref.value(r) for ref in refs] for r in rows]
-    front = pareto_front(points, [ref.direction for ref in refs]) if rows else []
+    front: list[int] = pareto_front(points, [ref.direction for ref in refs]).tolist() if rows else []
     return sorted((rows[i] for i in front), key=lambda r: refs[0].value(r))
 
 
@@ -140,7 +140,8 @@ class _ProgressLine:
     would fight Ray's own output)."""
 
     def __init__(self, bridge: OptunaBridge, total: int) -> None:
-        self.bridge, self.total, self.last = bridge, total, None
+        self.bridge, self.total = bridge, total
+        self.last: str | None = None  # the line last printed
 
     def __call__(self) -> None:
         t = self.bridge.tally

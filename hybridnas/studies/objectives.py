@@ -60,8 +60,8 @@ class Metric:
 
     ``column_type`` is the SQL type of its column in ``hybridnas_trials`` ("float" or
     "bigint"). ``cost_field`` (static only) is the attribute of the cost model's totals
-    (:func:`hybridnas.search_space.cost`) that holds it. ``task`` (recall only) is the synthetic task it scores, None for
-    the "recall" summary (the mean over the study's ``[recall] tasks``). ``factor``
+    (:func:`hybridnas.search_space.cost`) that holds it. ``task`` (recall only) is the synthetic
+    task it scores, None for the "recall" summary (the mean over the study's ``[recall] tasks``). ``factor``
     (``val_loss_*x`` only) is the multiple of the training length it is measured at."""
 
     name: str
@@ -104,8 +104,10 @@ REGISTRY: dict[str, Metric] = {m.name: m for m in (
     _recall("memorization", "MAD memorization"),
     Metric("recall", "maximize", "recall", description="mean accuracy over the study's [recall] tasks"),
     Metric("passkey", "maximize", "long_context", description="passkey retrieval at 0.5x to 2x the training length"),
-    Metric("val_loss_2x", "minimize", "long_context", factor=2, description="validation loss at 2x the training length"),
-    Metric("val_loss_4x", "minimize", "long_context", factor=4, description="validation loss at 4x the training length"),
+    Metric("val_loss_2x", "minimize", "long_context", factor=2,
+           description="validation loss at 2x the training length"),
+    Metric("val_loss_4x", "minimize", "long_context", factor=4,
+           description="validation loss at 4x the training length"),
 )}
 
 
@@ -186,12 +188,15 @@ def static_values(spec: ArchSpec, refs: tuple[ObjectiveRef, ...] | list[Objectiv
     from hybridnas.search_space import cost
 
     out: dict[str, float] = {}
+    totals = {}  # context -> the cost model's totals there: one evaluation per context
     for ref in refs:
         metric = ref.metric
         if metric is None or metric.source != "static" or metric.cost_field is None:
             continue
-        totals = cost(spec, seq_len=ref.context or seq_len).total
-        out[ref.metric_key] = getattr(totals, metric.cost_field)
+        context = ref.context or seq_len
+        if context not in totals:
+            totals[context] = cost(spec, seq_len=context).total
+        out[ref.metric_key] = getattr(totals[context], metric.cost_field)
     return out
 
 
@@ -202,7 +207,7 @@ def objective_values(refs: tuple[ObjectiveRef, ...] | list[ObjectiveRef], metric
     values = [metrics.get(ref.metric_key) for ref in refs]
     if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
         return None
-    return [float(v) for v in values]
+    return [float(v) for v in values if v is not None]  # all are not None (checked above): narrows the type
 
 
 def metric_columns(refs: tuple[ObjectiveRef, ...] | list[ObjectiveRef], metrics: Mapping[str, Any]

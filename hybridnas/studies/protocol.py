@@ -95,7 +95,8 @@ def request_from_tune(config: Mapping[str, Any]) -> TrialRequest:
     """The inverse of :func:`request_to_tune`."""
     recall = config.get("recall")
     if recall is not None:
-        recall = RecallConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in recall.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in recall.items()}
+        recall = RecallConfig(**fields)
     return TrialRequest(
         number=int(config["number"]),
         spec=ArchSpec.from_dict(config["spec"]),

@@ -62,12 +62,15 @@ def made_up_outcome(request: TrialRequest, rung: int | None) -> TrialReport:
 
 @dataclass
 class SimulatedStudy:
-    """What :func:`simulate` ran: the driver's tally, Optuna's study and the seconds each
-    trial took the driver (ask, rung decisions and tell, table writes included)."""
+    """What :func:`simulate` ran: the driver's tally, Optuna's study, and for each trained
+    trial the seconds it took the driver (its ask, rung decisions and tell, table writes, and
+    the reused or infeasible trials settled while asking for it) and how many Optuna trials
+    those were."""
 
     tally: Tally
     study: optuna.Study
     seconds: list[float]
+    trials: list[int]
 
 
 def simulate(config: StudyConfig, *, runs_dir: Path, outcome: Outcome = made_up_outcome,
@@ -85,22 +88,26 @@ def simulate(config: StudyConfig, *, runs_dir: Path, outcome: Outcome = made_up_
             study.enqueue_trial(space.baseline_params(name) or {}, user_attrs={"baseline": name})
     tally = Tally()
     scheduler = ParetoScheduler.for_study(config)
-    bridge = OptunaBridge(study=study, space=space, config=config.model_copy(update={"trials": trials or config.trials}),
+    bridge = OptunaBridge(study=study, space=space,
+                          config=config.model_copy(update={"trials": trials or config.trials}),
                           store=store, scheduler=scheduler, trial_root=runs_dir, tally=tally)
-    seconds = []
+    seconds, settled = [], []
     try:
         for i in range(10**9):
             started = time.perf_counter()
+            before = tally.reused + tally.infeasible
             trial_id = f"simulated-{i:06d}"
             suggested = bridge.suggest(trial_id)
             if suggested is Searcher.FINISHED:
                 break
+            assert suggested is not None, "OptunaBridge.suggest returns a request or FINISHED, never None"
             request = request_from_tune(suggested)
             _run(bridge, scheduler, trial_id, request, outcome)
             seconds.append(time.perf_counter() - started)
+            settled.append(1 + tally.reused + tally.infeasible - before)
     finally:
         store.dispose()
-    return SimulatedStudy(tally, study, seconds)
+    return SimulatedStudy(tally, study, seconds, settled)
 
 
 def _run(bridge: OptunaBridge, scheduler: ParetoScheduler, trial_id: str, request: TrialRequest,

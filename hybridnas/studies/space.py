@@ -27,16 +27,15 @@ NSGA-II, GP) read ``trial.constraints`` of finished trials and steer away from t
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import optuna
 
 from hybridnas.search_space.cost import cost
 from hybridnas.search_space.errors import SpecError
-from hybridnas.search_space.layout import layout, n_attn_for_ratio
-from hybridnas.search_space.pattern import ATTENTION_SYMBOLS
+from hybridnas.search_space.layout import Placement, layout, n_attn_for_ratio
 from hybridnas.search_space.spec import ArchSpec
 from hybridnas.studies.config import IntRange, Ratio, Split, StudyConfig, StudyConfigError
 
@@ -45,6 +44,7 @@ __all__ = ["SearchSpace", "Infeasible", "CONSTRAINTS", "make_sampler", "Candidat
 # Recorded on every trial, in this order (samplers compare constraint vectors across trials).
 CONSTRAINTS = ("n_attn", "branch_widths", "params_target", "spec")
 _MOE_EVERY = {"none": 0, "every": 1, "every_other": 2}
+Fusion = Literal["inter", "intra"]
 
 
 class Infeasible(Exception):
@@ -81,8 +81,8 @@ class Candidate:
     attention count (``n_attn``) or a :class:`Ratio` of the depth (``attn_ratio``)."""
 
     share: int | Ratio
-    fusion: str = "inter"
-    placement: str | None = None
+    fusion: Fusion = "inter"
+    placement: Placement | None = None
     attention: str | None = None  # "global" | "window", inter fusion only
     window: int | None = None
     rope: bool | None = None
@@ -94,7 +94,7 @@ class Candidate:
     def n_attn(self, n_mixers: int) -> int:
         """Attention mixers at depth ``n_mixers``: the count, or the ratio of the depth."""
         if isinstance(self.share, Ratio):
-            return n_attn_for_ratio(n_mixers, str(self.share))
+            return n_attn_for_ratio(n_mixers, (self.share.attn, self.share.ssm))
         return self.share
 
 
@@ -195,6 +195,7 @@ class SearchSpace:
         size = self.config.size
         n_attn = c.n_attn
         if size.mode == "fixed":
+            assert size.n_mixers is not None, "SizeConfig requires n_mixers when mode = 'fixed'"
             depths = [size.n_mixers]
         else:  # every depth that can hold the attention mixers
             depths = [n for n in range(size.min_mixers, size.max_mixers + 1) if n_attn(n) <= n]
@@ -214,6 +215,7 @@ class SearchSpace:
             _record(trial, key, value)
         if reason:
             raise Infeasible(reason, violations)
+        assert spec is not None, "every path that leaves no spec sets a reason"
         return spec
 
     def _sized(self, c: Candidate, depths: list[int], violations: dict[str, float]) -> ArchSpec:
@@ -251,11 +253,12 @@ class SearchSpace:
             dims = ArchSpec.from_pattern(self._pattern(probe, depth), **self._fields(probe)).dims.hybrid
         except SpecError:
             return 0.0
+        assert dims is not None, "a validated spec with H blocks has hybrid dims"
         return abs(dims.d_attn - dims.d_ssm) / self.config.size.d_model
 
     # ---- baselines --------------------------------------------------------------------------
 
-    _BASELINE_VALUES: dict[str, tuple[str, Ratio]] = {  # fusion, attention:mamba
+    _BASELINE_VALUES: dict[str, tuple[Fusion, Ratio]] = {  # fusion, attention:mamba
         "attention": ("inter", Ratio(1, 0)),
         "mamba2": ("inter", Ratio(0, 1)),
         "bae-inter-1:5": ("inter", Ratio(1, 5)),
@@ -373,6 +376,19 @@ def _constraints_from_user_attrs(trial: optuna.trial.FrozenTrial) -> list[float]
     return [float(trial.user_attrs.get(f"constraint:{key}", 0.0)) for key in CONSTRAINTS]
 
 
+# the optional keyword arguments make_sampler passes to the samplers that take them
+class _Constrained(TypedDict, total=False):
+    constraints_func: Callable[[optuna.trial.FrozenTrial], Sequence[float]]
+
+
+class _Startup(TypedDict, total=False):
+    n_startup_trials: int
+
+
+class _Population(TypedDict, total=False):
+    population_size: int
+
+
 def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
     """The Optuna sampler of ``config.sampler``, seeded.
 
@@ -382,8 +398,8 @@ def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
     same values. Random and grid sampling ignore constraints."""
     s = config.sampler
     native = hasattr(optuna.Trial, "set_constraint")
-    constrained = {} if native else {"constraints_func": _constraints_from_user_attrs}
-    startup = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
+    constrained: _Constrained = {} if native else {"constraints_func": _constraints_from_user_attrs}
+    startup: _Startup = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
     if s.kind == "tpe":
         # multivariate + group: TPE models the conditional dimensions jointly per branch of
         # the space (merge.* only with intra, moe.* only with MoE). Both are long-standing
@@ -392,7 +408,7 @@ def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, **startup, **constrained)
     if s.kind == "nsga2":
-        population = {} if s.population_size is None else {"population_size": s.population_size}
+        population: _Population = {} if s.population_size is None else {"population_size": s.population_size}
         return optuna.samplers.NSGAIISampler(seed=s.seed, **population, **constrained)
     if s.kind == "gp":
         return optuna.samplers.GPSampler(seed=s.seed, **startup, **constrained)

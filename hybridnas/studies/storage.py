@@ -44,8 +44,8 @@ from hybridnas.errors import UserError
 from hybridnas.search_space import ArchSpec
 from hybridnas.studies.objectives import REGISTRY
 
-__all__ = ["SCHEMA_VERSION", "STATUSES", "TRIALS", "ResultsStore", "StorageError", "normalize_url", "spec_columns", "status_counts",
-           "with_metrics"]
+__all__ = ["SCHEMA_VERSION", "STATUSES", "TRIALS", "ResultsStore", "StorageError", "normalize_url", "spec_columns",
+           "status_counts", "with_metrics"]
 
 
 class StorageError(UserError):
@@ -160,7 +160,9 @@ def _engine(url: str, readonly: bool = False) -> Engine:
     try:
         return create_engine(url, pool_pre_ping=True, json_deserializer=_loads)
     except ImportError as exc:  # the PostgreSQL driver
-        raise StorageError(f"storage {parsed.render_as_string()}: needs psycopg 3 (pip install psycopg): {exc}") from None
+        raise StorageError(
+            f"storage {parsed.render_as_string()}: needs psycopg 3 (pip install psycopg): {exc}"
+        ) from None
 
 
 def _add_missing_columns(conn) -> None:
@@ -245,7 +247,7 @@ class ResultsStore:
     def upsert(self, row: Mapping[str, Any]) -> None:
         """Insert or update the row of (study, trial): a trial's row is written when it
         starts, at each rung and when it ends."""
-        values = {**row, "updated_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)}
+        values = {**row, "updated_at": dt.datetime.now(dt.UTC).replace(tzinfo=None)}
         key = (TRIALS.c.study == values["study"]) & (TRIALS.c.trial == values["trial"])
         with self.engine.begin() as conn:
             if conn.execute(select(TRIALS.c.id).where(key)).first() is None:
@@ -267,7 +269,7 @@ class ResultsStore:
         with self.engine.connect() as conn:
             result = conn.execute(query)
             names = list(result.keys())
-            return [{**missing, **dict(zip(names, r))} for r in result]
+            return [{**missing, **dict(zip(names, r, strict=True))} for r in result]  # a row has every key
 
     def version(self, study: str) -> str:
         """A cheap stamp that changes whenever the rows of ``study`` do: their number, the

@@ -96,7 +96,9 @@ def _tokenize(text: str) -> list[_Token]:
             i = m.end()
             # `2abc` or `1.2.3` is a typo, not a number followed by a name.
             if i < len(text) and (text[i].isalnum() or text[i] in "_."):
-                junk = re.match(r"[\w.]*", text[i:]).group()
+                junk_match = re.match(r"[\w.]*", text[i:])
+                assert junk_match is not None, "[\\w.]* matches the empty string at least"
+                junk = junk_match.group()
                 raise _error(f"malformed number {text[m.start():i] + junk!r}", m.start())
         elif ch in "'\"":
             value, end = _string(text, i)

@@ -14,9 +14,12 @@ import platform
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from hybridnas.studies.protocol import TrialReport, TrialRequest, report_to_tune, request_from_tune
+
+if TYPE_CHECKING:
+    from hybridnas.trainer import RungReport
 
 __all__ = ["run_trial"]
 
@@ -32,7 +35,7 @@ def run_trial(config: dict) -> None:
     trial_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    def at_rung(rung) -> str:
+    def at_rung(rung: RungReport) -> Literal["continue", "stop"]:
         # the scheduler answers by stopping this function at the report, not by return value
         saved = Path(rung.checkpoint)
         report = TrialReport(rung=rung.index, val_loss=rung.val_loss, tokens=rung.tokens, flops=rung.flops,
@@ -148,7 +151,7 @@ def _long_context(result, request: TrialRequest, metrics: dict[str, float | None
                                device=device)
         metrics["passkey"] = report.score
         details["passkey"] = report.to_dict()
-    wanted = {REGISTRY[name].factor: name for name in request.long_context if REGISTRY[name].factor}
+    wanted = {factor: name for name in request.long_context if (factor := REGISTRY[name].factor)}
     if wanted:
         losses = length_extrapolation(model, data, train_seq_len=result.seq_len, factors=tuple(wanted),
                                       device=device)

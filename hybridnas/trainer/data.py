@@ -196,7 +196,7 @@ class TokenData:
     vocab_size: int
     eot_id: int
     meta: dict
-    tokenizer: object
+    tokenizer: _Bytes | _BPE
 
     def batch(self, seed: int, step: int, n_seqs: int, seq_len: int) -> torch.Tensor:
         """[n_seqs, seq_len + 1] training windows at offsets drawn from an RNG seeded by

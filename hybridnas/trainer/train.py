@@ -2,8 +2,9 @@
 
 The budget becomes tokens through the analytic cost model: C / train_flops_per_token(spec, T),
 rounded to whole sequences (the last optimiser step may hold fewer), so the FLOPs spent land
-within half a sequence of the budget: within 1% once the budget buys 50 sequences. Every candidate of a study sees the same tokens in the
-same order for a given seed: batches are a pure function of (seed, step).
+within half a sequence of the budget: within 1% once the budget buys 50 sequences. Every
+candidate of a study sees the same tokens in the same order for a given seed: batches are a
+pure function of (seed, step).
 
 Schedule: AdamW, linear warm-up, a stable phase at the peak rate, then a linear decay to 0
 over the last ``decay_frac`` of the steps (warmup-stable-decay; Bae et al. 2025 use it).
@@ -194,7 +195,8 @@ def peak_flops(device: torch.device | str) -> float | None:
 
 def _optimizer(model: HybridLM, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW; no weight decay on vectors (norms, biases) or Mamba-2's dt, A and D."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
         (decay if p.dim() >= 2 and not getattr(p, "no_weight_decay", False) else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -263,6 +265,7 @@ class _Record:
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if status == "complete":  # what probes of the trained model (long context) load
+                assert self.model is not None, "a complete run has a model"  # only a Run completes
                 result.model_path = str(self.out_dir / "model.pt")
                 torch.save({"spec": self.spec.to_dict(), "model": self.model.state_dict()}, result.model_path)
             (self.out_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
@@ -277,6 +280,8 @@ class Run(_Record):
     (measured speed times it so). ``loop`` runs the plan with its evaluations and rungs,
     ``load`` resumes from a rung checkpoint, and ``result`` reports what was measured. Building
     raises what it raises (CUDA out-of-memory, a model error); ``train`` makes that a result."""
+
+    model: HybridLM  # built in __init__: a Run always has its model
 
     def __init__(self, spec: ArchSpec, budget: float, config: TrainConfig, data: TokenData, plan: Plan) -> None:
         super().__init__(spec, budget, config, plan)
@@ -380,7 +385,7 @@ class Run(_Record):
         """Read the pending losses back and apply the divergence rule step by step."""
         state, factor = self.state, self.config.diverge_factor
         values = torch.stack([loss for _, loss in pending]).tolist()
-        for (step, _), loss in zip(pending, values):
+        for (step, _), loss in zip(pending, values, strict=True):
             state.last_loss = loss
             progress(step, loss)
             if not math.isfinite(loss):
@@ -409,6 +414,8 @@ class Run(_Record):
         self.model.load_state_dict(saved_model)
         self.optimizer.load_state_dict(saved_optimizer)
         tokens = self.plan.tokens_after(step)
+        # the loop reads the pending losses back at every rung boundary, before calling rung
+        assert self.state.last_loss is not None, "rung before any training loss was read"
         cooldown_tokens = sum(self.plan.seqs_at(step + i) for i in range(cooldown)) * self.plan.seq_len
         self.state.extra_flops += cooldown_tokens * self.plan.flops_per_token
         report = RungReport(
@@ -530,7 +537,8 @@ def train(
     plan = make_plan(spec, budget_flops, config)
     record = _Record(spec, budget_flops, config, plan)  # what is reported if building the run fails
     update, close = _progress(config, plan, spec)
-    status, failure = "error", None
+    status: Status = "error"
+    failure: dict | None = None
     try:
         run = record = Run(spec, budget_flops, config, data, plan)
         if resume_from is not None:
