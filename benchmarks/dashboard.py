@@ -22,47 +22,16 @@ one table. Target: the first page in at most 2 seconds.
 import argparse
 import os
 import platform
-import random
 import statistics
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import optuna
 from werkzeug.serving import make_server
 
-from hybridnas import ArchSpec
-from hybridnas.search_space import layout
-from hybridnas.studies.storage import TRIALS, ResultsStore, spec_columns
-
-
-def write_study(url: str, trials: int, seed: int = 0) -> None:
-    """A study named "bench" with ``trials`` complete rows and its objectives in Optuna."""
-    rng = random.Random(seed)
-    config = {"objectives": [{"name": "val_loss", "direction": "minimize"},
-                             {"name": "cache_bytes", "direction": "minimize", "context": 8192},
-                             {"name": "params", "direction": "minimize"}]}
-    optuna.create_study(study_name="bench", storage=url, directions=["minimize"] * 3).set_user_attr("config", config)
-    candidates = []
-    for _ in range(200):
-        n, fusion = rng.randint(8, 16), rng.choice(["inter", "intra"])
-        spec = ArchSpec.from_pattern(layout(n, rng.randint(0, n // 2), fusion=fusion), d_model=512)
-        candidates.append(spec_columns(spec, {"placement": "even"}))
-    rows = []
-    for trial in range(trials):
-        columns = rng.choice(candidates)
-        loss = 3.0 + rng.random() - 0.05 * (columns["n_attn"] or 0)
-        metrics = {"val_loss": loss, "cache_bytes@8192": 1e6 * (1 + (columns["n_attn"] or 0)) * rng.uniform(0.9, 1.1)}
-        rows.append({**columns, "study": "bench", "trial": trial, "status": "complete", "val_loss": loss,
-                     "params": int(1e8 * rng.uniform(0.8, 1.2)), "cache_bytes": int(metrics["cache_bytes@8192"]),
-                     "metrics": metrics, "loss_curve": {"train": [], "val": []}, "rungs": []})
-    store = ResultsStore(url)
-    store.create()
-    with store.engine.begin() as conn:
-        conn.execute(TRIALS.insert(), rows)
-    store.dispose()
-
+from bench_study import write_study
+from hybridnas.studies.storage import TRIALS, ResultsStore
 
 LOADS = 5
 DRAWN = ("() => { const g = document.querySelector('#pareto .js-plotly-plot');"

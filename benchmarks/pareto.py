@@ -21,7 +21,6 @@ Prints three tables:
 
 import argparse
 import platform
-import random
 import resource
 import statistics
 import subprocess
@@ -31,14 +30,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import optuna
 
-from hybridnas import ArchSpec
+from bench_study import write_study
 from hybridnas.pareto import hypervolume, hypervolume_history, nondominated_ranks, pareto_front
-from hybridnas.search_space import layout
 from hybridnas.studies.halving import ParetoHalving
 from hybridnas.studies.query import query_study
-from hybridnas.studies.storage import TRIALS, ResultsStore, spec_columns
 
 REPEATS = 5
 
@@ -54,33 +50,6 @@ def median_seconds(fn, clock=time.perf_counter):
     return statistics.median(times)
 
 
-def write_study(url: str, trials: int, seed: int = 0) -> None:
-    """A study named "bench" with ``trials`` complete rows shaped like a real study's: spec,
-    objective columns, metrics, rungs and a short loss curve (JSON columns query decodes)."""
-    rng = random.Random(seed)
-    optuna.create_study(study_name="bench", storage=url, directions=["minimize", "minimize"])
-    candidates = []
-    for _ in range(200):
-        n, fusion = rng.randint(8, 16), rng.choice(["inter", "intra"])
-        spec = ArchSpec.from_pattern(layout(n, rng.randint(0, n // 2), fusion=fusion), d_model=512)
-        candidates.append(spec_columns(spec, {"placement": "even"}))
-    rows = []
-    for trial in range(trials):
-        columns = rng.choice(candidates)
-        loss = 3.0 + rng.random() - 0.05 * (columns["n_attn"] or 0)
-        params = int(1e8 * rng.uniform(0.8, 1.2))
-        metrics = {"val_loss": loss, "params": params, "decode_tokens_per_s@8192": rng.uniform(1e3, 5e3)}
-        curve = [{"tokens": 2**20 * i, "val_loss": loss + 2.0 / (i + 1)} for i in range(8)]
-        rows.append({**columns, "study": "bench", "trial": trial, "status": "complete", "val_loss": loss,
-                     "params": params, "metrics": metrics, "loss_curve": {"train": curve, "val": curve},
-                     "rungs": [{"rung": r, "tokens": 2**22 * r, "val_loss": loss + 0.5 / (r + 1)} for r in range(3)]})
-    store = ResultsStore(url)
-    store.create()
-    with store.engine.begin() as conn:
-        conn.execute(TRIALS.insert(), rows)
-    store.dispose()
-
-
 def query_case(trials: int) -> list[tuple[str, float, float]]:
     """(measure, wall seconds, CPU seconds) of query_study and of the command on a fresh
     ``trials``-row study. CPU time (user + system) is what a busy shared machine inflates least."""
@@ -88,7 +57,7 @@ def query_case(trials: int) -> list[tuple[str, float, float]]:
     command = [str(command)] if command.exists() else [sys.executable, "-m", "hybridnas"]
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'study.db'}"
-        write_study(url, trials)
+        write_study(url, trials, curves=True)
         front = query_study(url, "bench", pareto=["val_loss", "params"])
         in_process = median_seconds(lambda: query_study(url, "bench", pareto=["val_loss", "params"]))
         cpu = median_seconds(lambda: query_study(url, "bench", pareto=["val_loss", "params"]), clock=time.process_time)

@@ -20,7 +20,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from hybridnas import pareto
-from hybridnas.analysis.study import ObjectiveRef, StudyData, directions
+from hybridnas.analysis.study import ObjectiveRef, StudyData
 
 __all__ = [
     "LAYER_COLORS",
@@ -78,7 +78,7 @@ def pareto_figure(data: StudyData, rows: Sequence[dict], objectives: Sequence[Ob
     keep = ~np.isnan(values).any(axis=1)
     points_rows = [r for r, k in zip(points_rows, keep, strict=True) if k]  # keep: one per row
     values = values[keep]
-    dirs = directions(objectives)
+    dirs = [o.direction for o in objectives]
     figure = go.Figure()
     scatter = go.Scattergl if len(points_rows) > GL_THRESHOLD else go.Scatter
     if hover == "data":
@@ -264,7 +264,7 @@ def hypervolume_figure(data: StudyData, objectives: Sequence[ObjectiveRef]) -> g
     ok = ~np.isnan(values).any(axis=1)
     figure = go.Figure()
     if ok.sum() >= 1:
-        dirs = directions(objectives)
+        dirs = [o.direction for o in objectives]
         reference = pareto.default_reference(values[ok], dirs)
         history = pareto.hypervolume_history(values, reference, dirs)
         figure.add_trace(go.Scatter(x=[r["trial"] for r in rows], y=history,

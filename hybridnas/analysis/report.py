@@ -17,7 +17,7 @@ import plotly.io as pio
 from hybridnas import pareto
 from hybridnas.analysis import figures
 from hybridnas.analysis.effects import effect_summary, param_importances
-from hybridnas.analysis.study import StudyData, directions, load_study
+from hybridnas.analysis.study import StudyData, load_study
 from hybridnas.studies.storage import status_counts
 
 __all__ = ["render_report", "write_report"]
@@ -80,7 +80,7 @@ def _front(data: StudyData) -> list[dict]:
     """The complete trials on the first front of the study's objectives (unmeasured rows
     are never on it: pareto_front leaves out rows with a NaN)."""
     rows = data.complete()
-    front = pareto.pareto_front(data.values(data.objectives, rows), directions(data.objectives))
+    front = pareto.pareto_front(data.values(data.objectives, rows), [o.direction for o in data.objectives])
     return [rows[i] for i in front]
 
 

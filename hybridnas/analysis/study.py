@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 
 from hybridnas.errors import UserError
-from hybridnas.studies.objectives import Direction, ObjectiveRef, default_direction, names
+from hybridnas.studies.objectives import ObjectiveRef, default_direction, names
 from hybridnas.studies.storage import TRIALS, ResultsStore, normalize_url, with_metrics
 
 __all__ = [
@@ -29,7 +29,6 @@ __all__ = [
     "ObjectiveRef",
     "StudyData",
     "StudyNotFound",
-    "directions",
     "list_studies",
     "load_study",
     "load_trial",
@@ -47,15 +46,6 @@ METRIC_DIRECTIONS = {
     name: default_direction(name) for name in (*names(), "flops_spent", "wall_s", "n_attn", "attn_ratio")
 }
 SUMMARY_COLUMNS = tuple(c.name for c in TRIALS.columns if c.name not in ("spec", "loss_curve", "config", "versions"))
-
-
-def directions(objectives: Iterable[ObjectiveRef]) -> list[Direction]:
-    """The objectives' directions, in order, for :mod:`hybridnas.pareto`."""
-    out: list[Direction] = []
-    for o in objectives:
-        assert o.direction is not None, "ObjectiveRef.__post_init__ fills in the default direction"
-        out.append(o.direction)
-    return out
 
 
 @dataclass

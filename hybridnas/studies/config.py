@@ -482,11 +482,7 @@ class StudyConfig(_Section):
     @property
     def directions(self) -> list[Direction]:
         """For ``optuna.create_study(directions=...)``, in objective order."""
-        directions: list[Direction] = []
-        for o in self.objectives:
-            assert o.direction is not None, "Objective._defaults fills in the registry's direction"
-            directions.append(o.direction)
-        return directions
+        return [ref.direction for ref in self.refs]
 
     @property
     def vocab_size(self) -> int:

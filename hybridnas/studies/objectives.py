@@ -122,7 +122,7 @@ def default_direction(name: str) -> Direction:
     return metric.direction if metric is not None else "minimize"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ObjectiveRef:
     """One objective of a study as read and compared: a name, its direction (the registry's
     when None is given) and, for an objective taken at a context, the context in tokens.
@@ -131,12 +131,13 @@ class ObjectiveRef:
     :attr:`metric` is None and the direction defaults to "minimize"."""
 
     name: str
-    direction: Direction | None = None
-    context: int | None = None
+    direction: Direction
+    context: int | None
 
-    def __post_init__(self) -> None:
-        if self.direction is None:
-            object.__setattr__(self, "direction", default_direction(self.name))
+    def __init__(self, name: str, direction: Direction | None = None, context: int | None = None) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "direction", direction or default_direction(name))
+        object.__setattr__(self, "context", context)
 
     @property
     def metric(self) -> Metric | None:

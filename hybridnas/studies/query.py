@@ -103,11 +103,7 @@ def _first_front(rows: list[dict], objectives: list[str]) -> list[dict]:
     if not candidates:
         return []
     points = [[float(r[n]) for n in objectives] for r in candidates]
-    directions: list[str] = []
-    for ref in refs:
-        assert ref.direction is not None, "ObjectiveRef.__post_init__ fills in the default direction"
-        directions.append(ref.direction)
-    keep = set(pareto_front(points, directions).tolist())
+    keep = set(pareto_front(points, [ref.direction for ref in refs]).tolist())
     return [r for i, r in enumerate(candidates) if i in keep]
 
 
