@@ -437,13 +437,10 @@ def proxy_recall(
     except ValueError:
         raise UserError(f"--lrs={lrs}: expected numbers separated by commas, e.g. 1e-3,3e-3") from None
     given = {"d_model": d_model, "d_state": d_state, "seq_len": seq_len, "kv_pairs": kv_pairs, "steps": steps}
-    try:
-        settings: dict[str, Any] = {**chosen, **grid, **{k: v for k, v in given.items() if v is not None}}
-        config = RecallConfig(**settings)
-        for task in config.tasks:  # infeasible overrides fail before any training
-            config.settings(task)
-    except ValueError as exc:
-        raise UserError(str(exc).splitlines()[0]) from None
+    settings: dict[str, Any] = {**chosen, **grid, **{k: v for k, v in given.items() if v is not None}}
+    config = RecallConfig(**settings)  # a TaskSettingsError (a UserError) names what is wrong
+    for task in config.tasks:  # infeasible overrides fail before any training
+        config.settings(task)
     report = score_recall(spec, config, parallel=not sequential)
     if as_json:
         print(json.dumps({"tasks": report.tasks, "score": report.score}))

@@ -82,3 +82,24 @@ def database_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'test.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def stored(tmp_path):
+    """A SQLite database with a hybridnas table and one Optuna study "s" of two rows."""
+    import optuna
+
+    from hybridnas.search_space import ArchSpec
+    from hybridnas.studies.storage import ResultsStore, spec_columns
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="s", storage=url, directions=["minimize", "minimize"])
+    store = ResultsStore(url)
+    store.create()
+    for trial, pattern in enumerate(["M-M-", "M-*-"]):
+        spec = ArchSpec.from_pattern(pattern, d_model=64)
+        store.upsert(
+            {"study": "s", "trial": trial, "status": "complete", "val_loss": 3.0 + trial, **spec_columns(spec)}
+        )
+    store.dispose()
+    return url

@@ -18,7 +18,9 @@ JOINT = {"attn_fraction": 2 / 3, "out_proj": "joint"}
 
 
 def tiny(pattern: str, **more) -> ArchSpec:
-    sections = {key: {**TINY.get(key, {}), **value} if isinstance(value, dict) else value for key, value in more.items()}
+    sections = {
+        key: {**TINY.get(key, {}), **value} if isinstance(value, dict) else value for key, value in more.items()
+    }
     return ArchSpec.from_pattern(pattern, **{**TINY, **sections})
 
 

@@ -26,7 +26,8 @@ def random_rows(n=200, seed=0):
             "fusion": fusion, "merge_op": rng.choice(["sub", "mean"]) if fusion == "intra" else None,
             "baseline": "mamba2" if trial == 0 else None,
             "val_loss": statistics.fmean(seeds) if rng.random() > 0.05 else None,
-            "params": rng.randint(10**5, 10**6), "metrics": {"val_loss_seeds": seeds, "decode_tokens_per_s@8192": rng.uniform(1e3, 1e4)},
+            "params": rng.randint(10**5, 10**6),
+            "metrics": {"val_loss_seeds": seeds, "decode_tokens_per_s@8192": rng.uniform(1e3, 1e4)},
         })
     return rows
 
@@ -45,7 +46,9 @@ def test_effect_summary_matches_a_brute_force_groupby():
         assert g["n"] == len(members) and g["mean"] == pytest.approx(sum(losses) / len(losses))
         assert g["std"] == (pytest.approx(statistics.stdev(losses)) if len(losses) > 1 else None)
         assert g["best"] == min(losses) and g["worst"] == max(losses)
-        spreads = [statistics.stdev(r["metrics"]["val_loss_seeds"]) for r in members if len(r["metrics"]["val_loss_seeds"]) > 1]
+        spreads = [
+            statistics.stdev(r["metrics"]["val_loss_seeds"]) for r in members if len(r["metrics"]["val_loss_seeds"]) > 1
+        ]
         assert g["seed_std"] == (pytest.approx(sum(spreads) / len(spreads)) if spreads else None)
     assert [g["mean"] for g in groups] == sorted(g["mean"] for g in groups)
 

@@ -26,7 +26,9 @@ def test_inspect_json_shape_and_numbers(capsys):
     assert data["spec"] == spec.to_dict() and data["seq_len"] == 1024
     assert [layer["symbol"] for layer in data["layers"]] == list("M-M-*-")
     assert set(data["layers"][0]) >= {"index", "symbol", "params", "train_flops_per_token", "cache_bytes"}
-    assert set(data["total"]) >= {"params", "params_nonembed", "params_active", "train_flops_per_token", "infer_flops_per_token", "cache_bytes"}
+    assert set(data["total"]) >= {
+        "params", "params_nonembed", "params_active", "train_flops_per_token", "infer_flops_per_token", "cache_bytes"
+    }
     assert data["total"]["params"] == report.total.params
     assert data["total"]["train_flops_per_token"] == report.total.train_flops_per_token
     assert data["layers"][4]["cache_bytes"] == 2 * report.spec.dims.d_kv * 1024 * 2

@@ -2,31 +2,14 @@
 
 import pytest
 
-from hybridnas.cli import main
-from hybridnas.studies.storage import ResultsStore, spec_columns
 from hybridnas import ArchSpec
+from hybridnas.cli import main
 
 
 def run_cli(capsys, *args):
     code = main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-@pytest.fixture
-def stored(tmp_path):
-    """A database with a hybridnas table and one Optuna study of two rows."""
-    import optuna
-
-    url = f"sqlite:///{tmp_path / 'study.db'}"
-    optuna.create_study(study_name="s", storage=url, directions=["minimize", "minimize"])
-    store = ResultsStore(url)
-    store.create()
-    for trial, pattern in enumerate(["M-M-", "M-*-"]):
-        spec = ArchSpec.from_pattern(pattern, d_model=64)
-        store.upsert({"study": "s", "trial": trial, "status": "complete", "val_loss": 3.0 + trial, **spec_columns(spec)})
-    store.dispose()
-    return url
 
 
 @pytest.mark.parametrize(
@@ -49,7 +32,8 @@ def test_bad_study_input_is_one_line(capsys, args, message):
     ("toml", "message"),
     [
         ("name = 'x'\n[budget\nflops = 1", "line 2"),
-        ("name = 'x'\n[size]\nd_model = 64\nn_mixers = 2\n[budget]\nflops = 1e9\nflop = 2", "unknown key 'budget.flop'"),
+        ("name = 'x'\n[size]\nd_model = 64\nn_mixers = 2\n[budget]\nflops = 1e9\nflop = 2",
+         "unknown key 'budget.flop'"),
         ("name = 'x'\n[size]\nd_model = 64\nn_mixers = 2\n[budget]\nflops = 1e9\n[space]\nfusion = 'intre'",
          "space.fusion: 'intre' is not one of inter, intra"),
         ("name = 'x'\nenqueue = [{fusion = 'intre'}]\n[size]\nd_model = 64\nn_mixers = 2\n[budget]\nflops = 1e9\n"

@@ -187,7 +187,8 @@ GRAPH = "document.querySelector('#pareto .js-plotly-plot')"
 
 
 def _count_redraws(page) -> None:
-    page.evaluate(f"({GRAPH}.__redraws = 0, {GRAPH}.__counting || {GRAPH}.on('plotly_afterplot', () => {GRAPH}.__redraws++),"
+    page.evaluate(f"({GRAPH}.__redraws = 0,"
+                  f" {GRAPH}.__counting || {GRAPH}.on('plotly_afterplot', () => {GRAPH}.__redraws++),"
                   f" {GRAPH}.__counting = true)")
 
 

@@ -5,6 +5,7 @@ import pytest
 from hybridnas.analysis.study import StudyNotFound
 from hybridnas.cli import main
 from hybridnas.errors import UserError
+from hybridnas.proxies.synthetic import TaskSettingsError
 from hybridnas.search_space import PatternError, SpecError
 from hybridnas.studies.config import StudyConfigError
 from hybridnas.studies.storage import StorageError
@@ -13,7 +14,7 @@ from hybridnas.trainer import BudgetError, ConfigError, DataError
 from hybridnas.trainer.train import CheckpointError
 
 DOMAIN_ERRORS = [SpecError, PatternError, StudyConfigError, StorageError, QueryError, ConfigError, DataError,
-                 BudgetError, CheckpointError, StudyNotFound]
+                 BudgetError, CheckpointError, StudyNotFound, TaskSettingsError]
 
 
 @pytest.mark.parametrize("error", DOMAIN_ERRORS, ids=lambda e: e.__name__)
@@ -25,28 +26,12 @@ def test_study_not_found_is_still_a_lookup_error():
     assert issubclass(StudyNotFound, LookupError)
 
 
-@pytest.fixture
-def stored(tmp_path):
-    """A database with a hybridnas table and one Optuna study of one row."""
-    import optuna
-
-    from hybridnas.search_space import ArchSpec
-    from hybridnas.studies.storage import ResultsStore, spec_columns
-
-    url = f"sqlite:///{tmp_path / 'study.db'}"
-    optuna.create_study(study_name="s", storage=url, directions=["minimize", "minimize"])
-    store = ResultsStore(url)
-    store.create()
-    spec = ArchSpec.from_pattern("M-M-", d_model=64)
-    store.upsert({"study": "s", "trial": 0, "status": "complete", "val_loss": 3.0, **spec_columns(spec)})
-    store.dispose()
-    return url
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["inspect", "M-X-"], "error: pattern[2]='X': unknown symbol"),  # PatternError
+        # TaskSettingsError
+        (["proxy", "recall", "M-*-", "--tasks", "mqar", "--kv-pairs", "100000"], "error: task mqar: "),
         (["inspect", "{tmp}/missing.json"], "error: {tmp}/missing.json: no such file"),  # SpecError from load_spec
         (["launch", "{tmp}/missing/study.toml"], "error: {tmp}/missing/study.toml: cannot read"),  # StudyConfigError
         (["query", "s", "--storage", "nope://x"], "error: storage 'nope://x'"),  # StorageError

@@ -7,7 +7,9 @@ from hybridnas.proxies.flops import attention_dense_gap, count_fvcore, count_tor
 from hybridnas.search_space import ArchSpec, cost
 
 T = 128
-BASE = {"d_model": 256, "vocab_size": 512, "attn": {"n_heads": 4, "n_kv_heads": 2, "window": 32}, "ssm": {"d_state": 32}}
+BASE = {
+    "d_model": 256, "vocab_size": 512, "attn": {"n_heads": 4, "n_kv_heads": 2, "window": 32}, "ssm": {"d_state": 32}
+}
 
 
 def spec(pattern, **more):

@@ -70,5 +70,5 @@ if __name__ == "__main__":  # regenerate: print the lists to paste above
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
-        for name, values in zip(("TRAIN", "VAL"), curves(folder)):
+        for name, values in zip(("TRAIN", "VAL"), curves(folder), strict=True):
             print(f"{name} = [{', '.join(f'{v:.7g}' for v in values)}]")

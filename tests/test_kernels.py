@@ -217,7 +217,7 @@ def test_ssd_chunked_gradients_match_sequential(chunk_size, n_groups):
     loss64 = (y64 * w_y.double()).sum() + (state64 * w_s.double()).sum()
     grads64 = torch.autograd.grad(loss64, [leaves64[k] for k in names])
 
-    for name, got, want in zip(names, grads, grads64):
+    for name, got, want in zip(names, grads, grads64, strict=True):
         assert got.shape == inp[name].shape, name
         assert want.abs().max() > 0, name  # the input really affects the loss
         torch.testing.assert_close(got, want.float(), **F32_GRAD, msg=lambda m, name=name: f"grad {name}: {m}")
@@ -456,7 +456,7 @@ def test_expert_swiglu_gradients_match_dense(counts):
     got = torch.autograd.grad((expert_swiglu(leaves[0], cnt, *leaves[1:]) * w_out).sum(), leaves)
     leaves64 = [t.double().requires_grad_() for t in (x, wg, wu, wd)]
     want = torch.autograd.grad((dense_swiglu(leaves64[0], cnt, *leaves64[1:]) * w_out.double()).sum(), leaves64)
-    for name, g, w in zip(("x", "w_gate", "w_up", "w_down"), got, want):
+    for name, g, w in zip(("x", "w_gate", "w_up", "w_down"), got, want, strict=True):
         torch.testing.assert_close(g, w.float(), **F32, msg=lambda m, name=name: f"grad {name}: {m}")
     empty = counts.index(0)
     for g in got[1:]:
@@ -557,5 +557,7 @@ def test_ops_dispatch_on_keyword_only_calls():
     """Ops called with keywords only still find their tensor (to choose the device)."""
     x, w, bias = conv_inputs(3, True, seed=78)
     torch.testing.assert_close(
-        kernels.causal_conv1d(x=x, weight=w, bias=bias, activation="silu"), naive_conv(x, w, bias, "silu").float(), **F32
+        kernels.causal_conv1d(x=x, weight=w, bias=bias, activation="silu"),
+        naive_conv(x, w, bias, "silu").float(),
+        **F32,
     )

@@ -57,7 +57,7 @@ def test_triton_scan_gradients_match_reference():
     for name, fn in (("fast", kernels.ssd_scan), ("reference", ssd_chunked)):
         y, state = fn(**leaves, chunk_size=64)
         grads[name] = torch.autograd.grad((y * weights).sum() + state.sum(), list(leaves.values()))
-    for key, fast, ref in zip(leaves, grads["fast"], grads["reference"]):
+    for key, fast, ref in zip(leaves, grads["fast"], grads["reference"], strict=True):
         scale = ref.abs().max()
         torch.testing.assert_close(fast / scale, ref / scale, rtol=2e-3, atol=2e-3, msg=key)
 
@@ -94,13 +94,15 @@ def test_flex_window_attention_matches_reference(dtype, t, window, hq, hkv):
     """Outputs and the gradients of q, k and v, lengths that are and are not multiples of
     FlexAttention's 128-token blocks, windows smaller and larger than a block, GQA."""
     gen = torch.Generator(device="cuda").manual_seed(t + window)
-    q, k, v = (torch.randn(2, h, t, 32, generator=gen, device="cuda").to(dtype).requires_grad_() for h in (hq, hkv, hkv))
+    q, k, v = (
+        torch.randn(2, h, t, 32, generator=gen, device="cuda").to(dtype).requires_grad_() for h in (hq, hkv, hkv)
+    )
     weights = torch.randn(2, hq, t, 32, generator=gen, device="cuda")
     results = {}
     for name, fn in (("fast", kernels.causal_attention), ("reference", causal_attention_ref)):
         y = fn(q, k, v, window=window)
         results[name] = (y, *torch.autograd.grad((y.float() * weights).sum(), (q, k, v)))
-    for what, fast, ref in zip(("y", "dq", "dk", "dv"), results["fast"], results["reference"]):
+    for what, fast, ref in zip(("y", "dq", "dk", "dv"), results["fast"], results["reference"], strict=True):
         scale = ref.float().abs().max()
         torch.testing.assert_close(fast.float() / scale, ref.float() / scale, **TOL[dtype], msg=what)
 

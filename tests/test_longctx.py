@@ -155,7 +155,7 @@ class _LongStartBytes(_Bytes):
 
     def encode_documents(self, docs):
         encoded = super().encode_documents(docs)
-        return [([] if doc.startswith(" ") else [0, 0, 0]) + ids for doc, ids in zip(docs, encoded)]
+        return [([] if doc.startswith(" ") else [0, 0, 0]) + ids for doc, ids in zip(docs, encoded, strict=True)]
 
 
 def test_prompt_stays_within_the_request_for_a_tokenizer_with_a_longer_first_piece():

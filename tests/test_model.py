@@ -22,7 +22,7 @@ def build(spec: ArchSpec, seed: int = 0) -> HybridLM:
 # ---- (d) exact parameter counts ------------------------------------------------------------
 
 ALL_HYBRID = [
-    dict(zip(("merge", "norm", "scale", "gate", "out_proj"), combo))
+    dict(zip(("merge", "norm", "scale", "gate", "out_proj"), combo, strict=True))
     for combo in itertools.product(
         ("mean", "add", "sub", "concat", "merge_attention"),
         ("none", "rms", "group"),
@@ -45,7 +45,7 @@ def test_parameter_count_is_exact_per_layer(name):
     spec = SPECS[name]
     model = HybridLM(spec)
     report = cost(spec)
-    for block, layer in zip(model.blocks, report.layers):
+    for block, layer in zip(model.blocks, report.layers, strict=True):
         assert sum(p.numel() for p in block.parameters()) == layer.params, (layer.index, layer.symbol)
     assert sum(p.numel() for p in model.parameters()) == report.total.params
     expert_params = sum(
@@ -149,7 +149,7 @@ def test_tiny_model_overfits_one_batch(name):
     first = None
     for step in range(200):
         parts = model.losses(batch)
-        first = parts.lm.item() if first is None else first
+        first = parts.lm.item() if step == 0 else first
         opt.zero_grad(set_to_none=True)
         parts.total.backward()
         opt.step()
@@ -181,9 +181,11 @@ def test_initialisation_is_a_function_of_the_seed_only():
     a, b, c = HybridLM(spec, seed=7), HybridLM(spec, seed=7), HybridLM(spec, seed=8)
     torch.manual_seed(123)
     assert torch.rand(1) == before  # building a model does not consume the global RNG
-    for (name, x), y, z in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+    for (name, x), y, _z in zip(
+        a.state_dict().items(), b.state_dict().values(), c.state_dict().values(), strict=True
+    ):
         assert torch.equal(x, y), name
-    assert any(not torch.equal(x, z) for x, z in zip(a.state_dict().values(), c.state_dict().values()))
+    assert any(not torch.equal(x, z) for x, z in zip(a.state_dict().values(), c.state_dict().values(), strict=True))
 
 
 def test_residual_outputs_start_smaller():
@@ -207,7 +209,7 @@ def test_moe_routes_every_token_and_weights_top_k():
     flat = x.reshape(-1, 64)
     dense = torch.zeros_like(flat)
     for i in range(15):
-        for e, w in zip(experts[i], weights[i]):
+        for e, w in zip(experts[i], weights[i], strict=True):
             h = F.silu(flat[i] @ moe.w_gate[e]) * (flat[i] @ moe.w_up[e])
             dense[i] += w * (h @ moe.w_down[e])
     torch.testing.assert_close(y.reshape(-1, 64), dense, rtol=1e-4, atol=1e-6)
@@ -249,9 +251,11 @@ def test_top1_sigmoid_router_gets_gradient():
     ("kwargs", "message"),
     [
         ({"pattern": "M-Q"}, "pattern[2]='Q': unknown symbol"),
-        ({"pattern": "H-", "attn": {"n_heads": 1, "n_kv_heads": 1}}, "hybrid.attn_fraction=0.5 leaves a branch of the H block empty"),
+        ({"pattern": "H-", "attn": {"n_heads": 1, "n_kv_heads": 1}},
+         "hybrid.attn_fraction=0.5 leaves a branch of the H block empty"),
         ({"pattern": "H-", "hybrid": {"merge": "add", "out_proj": "joint"}}, "needs equal branch widths"),
-        ({"pattern": "*-", "attn": {"n_heads": 4, "n_kv_heads": 3}}, "attn.n_kv_heads=3 does not divide attn.n_heads=4"),
+        ({"pattern": "*-", "attn": {"n_heads": 4, "n_kv_heads": 3}},
+         "attn.n_kv_heads=3 does not divide attn.n_heads=4"),
         ({"pattern": "M-", "ssm": {"n_groups": 3}}, "ssm.n_groups=3 does not divide the 8 Mamba-2 heads"),
         ({"pattern": "ME", "moe": {"top_k": 9}}, "moe.top_k=9 exceeds moe.n_experts=8"),
     ],

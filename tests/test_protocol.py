@@ -40,7 +40,9 @@ def test_request_says_what_each_objective_needs(config, tmp_path):
 
 
 def test_request_round_trips_through_json(config, tmp_path):
-    spec = ArchSpec.from_pattern("M-H-", d_model=64, attn={"n_heads": 4}, ssm={"head_dim": 16}, hybrid={"merge": "mean"})
+    spec = ArchSpec.from_pattern(
+        "M-H-", d_model=64, attn={"n_heads": 4}, ssm={"head_dim": 16}, hybrid={"merge": "mean"}
+    )
     request = TrialRequest.for_study(config, 3, spec, tmp_path)
     carried = json.loads(json.dumps(request_to_tune(request)))  # Tune stores the config as JSON
     assert request_from_tune(carried) == request

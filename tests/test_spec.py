@@ -25,16 +25,20 @@ BAD_SPECS = [
     ({"pattern": "M-", "tie_embeddings": 1}, "tie_embeddings=1: input should be a valid boolean"),
     ({"pattern": "*-", "d_model": 100, "attn": {"n_heads": 3}}, "attn.n_heads=3 does not divide d_model=100"),
     ({"pattern": "*-", "attn": {"n_heads": 8, "n_kv_heads": 3}}, "attn.n_kv_heads=3 does not divide attn.n_heads=8"),
-    ({"pattern": "*-", "attn": {"n_heads": 8, "head_dim": 32}}, "attn.n_heads=8 x attn.head_dim=32 = 256, expected d_model=512"),
+    ({"pattern": "*-", "attn": {"n_heads": 8, "head_dim": 32}},
+     "attn.n_heads=8 x attn.head_dim=32 = 256, expected d_model=512"),
     ({"pattern": "*-", "d_model": 90, "attn": {"n_heads": 6}}, "attn.head_dim=15 must be even for rotary embeddings"),
     ({"pattern": "W-", "attn": {"window": 0}}, "attn.window=0: input should be greater than 0"),
     ({"pattern": "*-", "attn": {"rope": "yes"}}, "attn.rope='yes': input should be a valid boolean"),
-    ({"pattern": "M-", "ssm": {"head_dim": 48}}, "ssm.head_dim=48 does not divide the Mamba-2 width ssm.expand*d_model=1024"),
+    ({"pattern": "M-", "ssm": {"head_dim": 48}},
+     "ssm.head_dim=48 does not divide the Mamba-2 width ssm.expand*d_model=1024"),
     ({"pattern": "M-", "ssm": {"n_groups": 3}}, "ssm.n_groups=3 does not divide the 16 Mamba-2 heads"),
     ({"pattern": "M-", "ssm": {"d_state": -1}}, "ssm.d_state=-1: input should be greater than 0"),
     ({"pattern": "H-", "hybrid": {"attn_fraction": 1.0}}, "hybrid.attn_fraction=1.0: input should be less than 1"),
-    ({"pattern": "H-", "hybrid": {"attn_fraction": 0.01}}, "hybrid.attn_fraction=0.01 leaves a branch of the H block empty"),
-    ({"pattern": "H-", "hybrid": {"merge": "xor"}}, "hybrid.merge='xor': input should be 'mean', 'add', 'sub', 'concat' or 'merge_attention'"),
+    ({"pattern": "H-", "hybrid": {"attn_fraction": 0.01}},
+     "hybrid.attn_fraction=0.01 leaves a branch of the H block empty"),
+    ({"pattern": "H-", "hybrid": {"merge": "xor"}},
+     "hybrid.merge='xor': input should be 'mean', 'add', 'sub', 'concat' or 'merge_attention'"),
     ({"pattern": "H-", "hybrid": {"norm": "layer"}}, "hybrid.norm='layer'"),
     (
         {"pattern": "H-", "hybrid": {"merge": "add", "out_proj": "joint"}},
@@ -43,7 +47,8 @@ BAD_SPECS = [
     ({"pattern": "ME", "moe": {"top_k": 9}}, "moe.top_k=9 exceeds moe.n_experts=8"),
     ({"pattern": "ME", "moe": {"router": "relu"}}, "moe.router='relu': input should be 'softmax' or 'sigmoid'"),
     ({"pattern": "ME", "moe": {"n_shared": -1}}, "moe.n_shared=-1: input should be greater than or equal to 0"),
-    ({"pattern": "M-", "attn": {"heads": 8}}, "attn.heads: unknown key, expected one of n_heads, n_kv_heads, head_dim, window, rope, rope_theta"),
+    ({"pattern": "M-", "attn": {"heads": 8}},
+     "attn.heads: unknown key, expected one of n_heads, n_kv_heads, head_dim, window, rope, rope_theta"),
     ({"pattern": "M-", "layers": 12}, "layers: unknown key, expected one of pattern, d_model"),
     ({"pattern": "M-", "attn": 5}, "attn=5: input should be a valid dictionary"),
     ({"d_model": 64}, "pattern: required"),
@@ -118,7 +123,13 @@ def test_hybrid_dims_split_heads_between_branches():
     h = spec.dims.hybrid
     assert (h.attn_heads, h.attn_kv_heads, h.d_attn) == (2, 1, 128)  # 0.25 * 8 heads; GQA group 4 kept
     assert (h.ssm_heads, h.d_ssm, h.merge_width) == (12, 768, 512)  # 0.75 * 1024 / 64
-    joint = ArchSpec.from_pattern("H-", d_model=512, hybrid={"attn_fraction": 2 / 3, "merge": "mean", "out_proj": "joint"}, attn={"n_heads": 16, "n_kv_heads": 4}, ssm={"head_dim": 32})
+    joint = ArchSpec.from_pattern(
+        "H-",
+        d_model=512,
+        hybrid={"attn_fraction": 2 / 3, "merge": "mean", "out_proj": "joint"},
+        attn={"n_heads": 16, "n_kv_heads": 4},
+        ssm={"head_dim": 32},
+    )
     assert joint.dims.hybrid.d_attn == joint.dims.hybrid.d_ssm == joint.dims.hybrid.merge_width == 352
 
 
@@ -137,9 +148,11 @@ def test_archspec_is_exported_from_the_package():
     [
         ("M-M-M-M-*-M-M-M-M-*-M-M-M-", {}, "13 mixers: 2 attn (inter) + 11 mamba; dense FFN"),
         ("M-M-H-M-", {}, "4 mixers: 1 hybrid (intra, sub) + 3 mamba; dense FFN"),
-        ("MEW-ME", {"attn": {"window": 256}}, "3 mixers: 1 window-256 attn (inter) + 2 mamba; 2 of 3 FFNs MoE FFN (8 experts, top-1, 1 shared)"),
+        ("MEW-ME", {"attn": {"window": 256}},
+         "3 mixers: 1 window-256 attn (inter) + 2 mamba; 2 of 3 FFNs MoE FFN (8 experts, top-1, 1 shared)"),
         ("MM*", {}, "3 mixers: 1 attn (inter) + 2 mamba; no FFN"),
-        ("*E", {"moe": {"n_experts": 16, "top_k": 2, "n_shared": 0}}, "1 mixers: 1 attn (inter); MoE FFN (16 experts, top-2, 0 shared)"),
+        ("*E", {"moe": {"n_experts": 16, "top_k": 2, "n_shared": 0}},
+         "1 mixers: 1 attn (inter); MoE FFN (16 experts, top-2, 0 shared)"),
     ],
 )
 def test_describe(pattern, kwargs, expected):
@@ -204,9 +217,16 @@ def valid_specs(draw):
         d_model=d_model,
         vocab_size=draw(st.integers(2, 70_000)),
         tie_embeddings=draw(st.booleans()),
-        attn={"n_heads": n_heads, "n_kv_heads": n_kv, "window": draw(st.integers(1, 4096)), "rope": draw(st.booleans())},
+        attn={
+            "n_heads": n_heads, "n_kv_heads": n_kv, "window": draw(st.integers(1, 4096)), "rope": draw(st.booleans())
+        },
         # head_dim 16 gives every H block at least two Mamba-2 heads to split
-        ssm={"d_state": draw(st.sampled_from([16, 64, 128])), "expand": draw(st.sampled_from([1, 2])), "head_dim": 16, "chunk_size": draw(st.sampled_from([32, 64, 256]))},
+        ssm={
+            "d_state": draw(st.sampled_from([16, 64, 128])),
+            "expand": draw(st.sampled_from([1, 2])),
+            "head_dim": 16,
+            "chunk_size": draw(st.sampled_from([32, 64, 256])),
+        },
         hybrid=hybrid,
         moe=moe,
     )

@@ -149,7 +149,8 @@ def test_pruned_trials_keep_the_rung_that_stopped_them(tmp_path):
 
     one_objective = tiny_preset("pruning", ('[[objectives]]\nname = "params"\n', ""), ("eta = 2", "eta = 100"),
                                 ('baselines = ["mamba2", "bae-intra-1:5"]', 'baselines = ["mamba2"]'),
-                                ("n_attn = [0, 1, 2]", "n_attn = [1, 2]"), ('fusion = ["inter", "intra"]', 'fusion = "intra"'))
+                                ("n_attn = [0, 1, 2]", "n_attn = [1, 2]"),
+                                ('fusion = ["inter", "intra"]', 'fusion = "intra"'))
     study_file = tmp_path / "pruning.toml"
     study_file.write_text(one_objective)
     url = f"sqlite:///{tmp_path / 'study.db'}"

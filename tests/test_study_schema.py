@@ -24,7 +24,9 @@ def _v1_copy(database_url: str) -> None:
     """The v1 study copied into the empty database at ``database_url``: Optuna's study by
     ``optuna.copy_study``, and hybridnas_trials as v1 defined it (today's columns plus seed)."""
     optuna.copy_study(from_study_name=STUDY, from_storage=f"sqlite:///{V1}", to_storage=database_url)
-    v1 = sa.Table("hybridnas_trials", sa.MetaData(), *(c._copy() for c in TRIALS.columns), sa.Column("seed", sa.Integer))
+    v1 = sa.Table(
+        "hybridnas_trials", sa.MetaData(), *(c._copy() for c in TRIALS.columns), sa.Column("seed", sa.Integer)
+    )
     source, target = sa.create_engine(f"sqlite:///{V1}"), sa.create_engine(database_url)
     try:
         v1.create(target)

@@ -226,5 +226,6 @@ def test_every_preset_space_suggests():
 
     for name in preset_names():
         config = load_study_config(name)
-        _, outcomes = run_study(config.model_copy(update={"sampler": config.sampler.model_copy(update={"kind": "random"})}), 6)
+        random_sampler = config.sampler.model_copy(update={"kind": "random"})
+        _, outcomes = run_study(config.model_copy(update={"sampler": random_sampler}), 6)
         assert any(isinstance(o, ArchSpec) for _, o in outcomes), name

@@ -8,7 +8,7 @@ their errors, and ``answer_metrics``.
 """
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -31,7 +31,7 @@ def settings(name, **changes):
     return with_overrides(default_settings(name), **sizes, **changes)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _data(name, seed, changes):
     return make_task(settings(name, **dict(changes)), seed=seed)
 
@@ -170,7 +170,7 @@ def memorization_table(d):
     table = {}
     insert = d.settings.vocab_size - 1
     for inputs, targets in ((d.train_inputs, d.train_targets), (d.test_inputs, d.test_targets)):
-        for row, target in zip(inputs.tolist(), targets.tolist()):
+        for row, target in zip(inputs.tolist(), targets.tolist(), strict=True):
             for t in range(1, len(row)):
                 if row[t] == insert:
                     assert table.setdefault(row[t - 1], target[t]) == target[t]
@@ -213,7 +213,7 @@ def test_targets_match_a_brute_force_scan(name, changes):
 def test_shapes_dtypes_and_token_range(name, changes):
     d = data(name, **changes)
     s = d.settings
-    for (inputs, targets), n in zip(splits(d), (s.n_train, s.n_test)):
+    for (inputs, targets), n in zip(splits(d), (s.n_train, s.n_test), strict=True):
         assert inputs.shape == targets.shape == (n, s.seq_len)
         assert inputs.dtype == targets.dtype == torch.int64
         assert 0 <= inputs.min() and inputs.max() < s.vocab_size
@@ -247,7 +247,7 @@ def test_answer_count_is_fixed_by_the_settings(name, changes, per_row):
 def test_multi_query_recall_asks_every_repeated_key():
     # L/2 slots; every slot whose key is not new in the row is asked, the last one always.
     d = data("in_context_recall")
-    for row, count in zip(d.train_inputs.tolist(), answer_counts(d.train_targets).tolist()):
+    for row, count in zip(d.train_inputs.tolist(), answer_counts(d.train_targets).tolist(), strict=True):
         keys = row[0::2]
         assert count == len(keys) - len(set(keys)) >= 1
     assert (d.train_targets[:, -2] != IGNORE).all() and (d.train_targets[:, -1] == IGNORE).all()
@@ -349,7 +349,7 @@ def test_selective_copying_scatters_the_tokens():
 def test_same_seed_same_data_other_seed_other_data(name):
     a = make_task(settings(name, n_train=30, n_test=10), seed=3)
     b = data(name, seed=3, n_train=30, n_test=10)  # a second, separate call
-    for x, y in zip(splits(a), splits(b)):
+    for x, y in zip(splits(a), splits(b), strict=True):
         assert torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])
     c = data(name, seed=4, n_train=30, n_test=10)
     assert not torch.equal(a.train_inputs, c.train_inputs)

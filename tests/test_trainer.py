@@ -127,7 +127,9 @@ def test_resume_refuses_another_runs_checkpoint(cache, tmp_path):
 def test_huge_learning_rate_diverges_without_raising(cache):
     result = train(TINY, BUDGET, config(cache, lr=30.0, grad_clip=None))
     assert result.status == "diverged"
-    assert result.failure["step"] >= 1 and ("non-finite" in result.failure["message"] or "exceeds" in result.failure["message"])
+    assert result.failure["step"] >= 1 and (
+        "non-finite" in result.failure["message"] or "exceeds" in result.failure["message"]
+    )
     assert result.val_curve[0]["tokens"] == 0  # what was measured is kept
     assert result.tokens < make_plan(TINY, BUDGET, config(cache)).tokens_after(10**9)
 
@@ -178,7 +180,9 @@ def test_cli_train_json(cache, tmp_path, capsys, monkeypatch):
     result = json.loads(out)
     for key in ("status", "budget_flops", "flops", "tokens", "val_loss", "val_curve", "tokens_per_s", "mfu", "wall_s"):
         assert key in result
-    assert result["status"] == "complete" and result["val_curve"][0] == {"tokens": 0, "val_loss": result["val_curve"][0]["val_loss"]}
+    assert result["status"] == "complete" and result["val_curve"][0] == {
+        "tokens": 0, "val_loss": result["val_curve"][0]["val_loss"]
+    }
     assert json.loads((tmp_path / "run" / "result.json").read_text())["tokens"] == result["tokens"]
 
 

@@ -52,7 +52,7 @@ def engine(database_url):
     metadata.create_all(engine)
     keys = [c.name for c in trials.columns if c.name != "started"]
     with engine.begin() as conn:
-        conn.execute(trials.insert(), [dict(zip(keys, row)) for row in ROWS])
+        conn.execute(trials.insert(), [dict(zip(keys, row, strict=True)) for row in ROWS])
         conn.execute(trials.update().where(trials.c.id == 1).values(started=datetime.datetime(2025, 1, 1)))
     yield engine
     engine.dispose()

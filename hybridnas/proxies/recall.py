@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from hybridnas.proxies import synthetic
+from hybridnas.proxies.synthetic import TaskSettingsError
 from hybridnas.search_space import ArchSpec
 
 __all__ = ["RecallConfig", "RecallReport", "RECALL_TASKS", "gpu_share", "reduced_spec", "score_recall", "train_task"]
@@ -59,17 +60,18 @@ class RecallConfig:
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in RECALL_TASKS]
         if unknown or not self.tasks:
-            raise ValueError(f"tasks: {', '.join(unknown) or 'none given'}: expected some of {', '.join(RECALL_TASKS)}")
+            given = ", ".join(unknown) or "none given"
+            raise TaskSettingsError(f"tasks: {given}: expected some of {', '.join(RECALL_TASKS)}")
         for name, value in (("d_model", self.d_model), ("head_dim", self.head_dim), ("steps", self.steps),
                             ("batch_size", self.batch_size), ("eval_every", self.eval_every)):
             if value < 1:
-                raise ValueError(f"{name}={value}: must be at least 1")
+                raise TaskSettingsError(f"{name}={value}: must be at least 1")
         if self.d_model % self.head_dim:
-            raise ValueError(f"d_model={self.d_model}: must be a multiple of head_dim={self.head_dim}")
+            raise TaskSettingsError(f"d_model={self.d_model}: must be a multiple of head_dim={self.head_dim}")
         if not self.lrs or any(lr <= 0 for lr in self.lrs):
-            raise ValueError(f"lrs={list(self.lrs)}: need at least one positive learning rate")
+            raise TaskSettingsError(f"lrs={list(self.lrs)}: need at least one positive learning rate")
         if self.d_state is not None and self.d_state < 1:
-            raise ValueError(f"d_state={self.d_state}: must be at least 1")
+            raise TaskSettingsError(f"d_state={self.d_state}: must be at least 1")
 
     def settings(self, task: str) -> synthetic.TaskSettings:
         """The task's settings: published defaults, then --seq-len / --kv-pairs (recall

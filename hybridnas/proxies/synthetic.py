@@ -113,10 +113,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hybridnas.errors import UserError
+
 __all__ = [
     "IGNORE",
     "TASK_NAMES",
     "TaskSettings",
+    "TaskSettingsError",
     "TaskData",
     "default_settings",
     "with_overrides",
@@ -154,6 +157,10 @@ _MAX_REDRAWS = 100  # rounds of redrawing test rows that collide with training r
 # --------------------------------------------------------------------------- settings
 
 
+class TaskSettingsError(UserError):
+    """Task settings that cannot make a task (an unknown task, setting or infeasible value)."""
+
+
 @dataclass(frozen=True)
 class TaskSettings:
     """One task at one difficulty; validated on construction (see :func:`with_overrides`)."""
@@ -167,7 +174,7 @@ class TaskSettings:
 
     def __post_init__(self) -> None:
         if self.name not in _DEFAULTS:
-            raise ValueError(f"unknown task {self.name!r} (tasks: {', '.join(TASK_NAMES)})")
+            raise TaskSettingsError(f"unknown task {self.name!r} (tasks: {', '.join(TASK_NAMES)})")
         # Sorted so that equal settings compare and hash equal whatever order they came in.
         knobs = tuple(sorted((tuple(kv) for kv in self.knobs), key=lambda kv: kv[0]))
         object.__setattr__(self, "knobs", knobs)
@@ -181,7 +188,7 @@ class TaskSettings:
 def default_settings(name: str) -> TaskSettings:
     """The published baseline settings of task ``name`` (sizes: see the module docstring)."""
     if name not in _DEFAULTS:
-        raise ValueError(f"unknown task {name!r} (tasks: {', '.join(TASK_NAMES)})")
+        raise TaskSettingsError(f"unknown task {name!r} (tasks: {', '.join(TASK_NAMES)})")
     vocab_size, seq_len, knobs = _DEFAULTS[name]
     return TaskSettings(name, vocab_size, seq_len, _N_TRAIN, _N_TEST, tuple(knobs.items()))
 
@@ -196,7 +203,7 @@ def with_overrides(settings: TaskSettings, **changes: Any) -> TaskSettings:
     allowed = (*_BASE_FIELDS, *knobs)
     for key in changes:
         if key not in allowed:
-            raise ValueError(
+            raise TaskSettingsError(
                 f"task {settings.name}: unknown setting {key!r} (settings: {', '.join(allowed)})"
             )
     base = {key: changes.get(key, getattr(settings, key)) for key in _BASE_FIELDS}
@@ -219,21 +226,21 @@ def _coerce(default: Any, value: Any) -> Any:
 def _require(ok: bool, s: TaskSettings, key: str, why: str) -> None:
     if not ok:
         value = getattr(s, key) if key in _BASE_FIELDS else s.knob(key)
-        raise ValueError(f"task {s.name}: {key}={value!r} {why}")
+        raise TaskSettingsError(f"task {s.name}: {key}={value!r} {why}")
 
 
 def _validate(s: TaskSettings) -> None:
     defaults = _DEFAULTS[s.name][2]
     for key, _ in s.knobs:
         if key not in defaults:
-            raise ValueError(
+            raise TaskSettingsError(
                 f"task {s.name}: unknown setting {key!r} (settings: "
                 f"{', '.join((*_BASE_FIELDS, *defaults))})"
             )
     for key in defaults.keys() - dict(s.knobs).keys():
-        raise ValueError(f"task {s.name}: knobs lack {key!r} (knobs: {', '.join(defaults)})")
+        raise TaskSettingsError(f"task {s.name}: knobs lack {key!r} (knobs: {', '.join(defaults)})")
     if len(dict(s.knobs)) != len(s.knobs):
-        raise ValueError(f"task {s.name}: a knob is given twice ({s.knobs})")
+        raise TaskSettingsError(f"task {s.name}: a knob is given twice ({s.knobs})")
     for key in _BASE_FIELDS:
         least = 2 if key in ("vocab_size", "seq_len") else 1
         _require(_is_int(getattr(s, key)), s, key, "must be an int")
