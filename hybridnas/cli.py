@@ -382,6 +382,51 @@ def report(
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+@app.command()
+def fidelity(
+    study: Annotated[str, typer.Argument(help="the study's name")],
+    against: Annotated[
+        str | None, typer.Option("--against", help="another study in the database: rank agreement on shared candidates")
+    ] = None,
+    storage: StorageOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='print {"rungs": [...], "seeds": ..., "against": ...}')
+    ] = False,
+) -> None:
+    """How well rung losses, seeds and another study rank a study's finished candidates."""
+    from hybridnas.analysis.fidelity import load_fidelity
+
+    result = load_fidelity(storage or DEFAULT_STORAGE, study, against)  # unknown or unrankable: a UserError
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    table = Table("rung", "budget fraction", "Kendall τ", "Spearman ρ", "n",
+                  title=f"{study}: rung loss vs final loss ({result.n_finished} finished candidates)")
+    for r in result.rungs:
+        table.add_row(str(r.rung), f"{r.fraction:g}", _corr(r.kendall_tau), _corr(r.spearman), str(r.n))
+    console.print(table if result.rungs else f"{study}: no rung losses recorded ({result.n_finished} finished)")
+    s = result.seeds
+    if s is not None:
+        ratio = "-" if s.ratio is None else f"{s.ratio:.2f}"
+        console.print(
+            f"seeds: {s.n_candidates} candidates x up to {s.seeds} seeds; seed std {s.seed_std:.4f} vs "
+            f"between-candidate std {s.between_std:.4f} (ratio {ratio}); {s.distinguishable_pairs}/{s.n_pairs} "
+            f"pairs distinguishable (> 2 standard errors apart), {s.resolved} candidates resolved, "
+            f"{s.tied_with_best} tied with the best")
+    a = result.against
+    if a is not None:
+        def ci(i) -> str:
+            return "-" if i.low is None else f"[{i.low:.3f}, {i.high:.3f}]"
+
+        console.print(
+            f"against {a.other}: {a.n} shared candidates; Kendall τ {_corr(a.kendall_tau)} {ci(a.kendall_tau_ci)}, "
+            f"Spearman ρ {_corr(a.spearman)} {ci(a.spearman_ci)} (bootstrap 95%, {a.resamples} resamples)")
+
+
+def _corr(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _print_rows(rows: list[dict], extra: list[str], title: str) -> None:
     from hybridnas.studies.query import TABLE_COLUMNS
 

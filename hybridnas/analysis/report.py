@@ -17,6 +17,7 @@ import plotly.io as pio
 from hybridnas import pareto
 from hybridnas.analysis import figures
 from hybridnas.analysis.effects import effect_summary, param_importances
+from hybridnas.analysis.fidelity import FidelityError, rung_agreement, seed_spread, study_rung_fractions
 from hybridnas.analysis.study import StudyData, load_study
 from hybridnas.studies.storage import status_counts
 
@@ -71,6 +72,7 @@ def render_report(data: StudyData, storage: str) -> str:
             parts.append(f"<h3>by {' x '.join(by)}</h3>" + _effects_table(groups, by))
     if not isinstance(importance, dict):
         parts.append(f"<p>Importance: {html.escape(importance)}</p>")
+    parts.append(_fidelity(data, storage))
     parts.append("<h2>Every trial</h2>" + _table(data.rows, objectives))
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>hybridnas: {html.escape(data.name)}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
@@ -118,6 +120,31 @@ def _effects_table(groups: list[dict], by) -> str:
     head = "<tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
     body = "".join("<tr>" + "".join(f"<td>{_fmt(g.get(c))}</td>" for c in columns) + "</tr>" for g in groups)
     return f"<table>{head}{body}</table>"
+
+
+def _fidelity(data: StudyData, storage: str) -> str:
+    """Rank agreement of each rung with the final loss, and seed noise: only for a study
+    whose trials recorded rungs."""
+    if not any(r.get("rungs") for r in data.rows):
+        return ""
+    head = "<h2>Fidelity</h2>"
+    try:
+        rungs = rung_agreement(data.rows, study_rung_fractions(storage, data.name), study=data.name)
+    except FidelityError as exc:
+        return f"{head}<p>{html.escape(str(exc))}</p>"
+    head += ("<p>Kendall τ and Spearman ρ between each rung's loss and the final loss, over the "
+             "finished candidates (1: the rung ranks them as the end does; 0: chance).</p>")
+    columns = ["rung", "fraction", "kendall_tau", "spearman", "n"]
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(getattr(r, c))}</td>" for c in columns) + "</tr>" for r in rungs)
+    parts = [head, "<table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + f"</tr>{body}</table>"]
+    seeds = seed_spread(data.rows)
+    if seeds is not None:
+        parts.append(
+            f"<p>Seeds: {seeds.n_candidates} candidates x up to {seeds.seeds} seeds; seed std "
+            f"{_fmt(seeds.seed_std)} vs between-candidate std {_fmt(seeds.between_std)}; "
+            f"{seeds.distinguishable_pairs} of {seeds.n_pairs} pairs more than 2 standard errors apart, "
+            f"{seeds.tied_with_best} candidates not distinguishable from the best.</p>")
+    return "".join(parts)
 
 
 def _fmt(value) -> str:

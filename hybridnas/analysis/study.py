@@ -13,6 +13,7 @@ without them (rows written by other tools) falls back to val_loss and params, mi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,6 +33,7 @@ __all__ = [
     "list_studies",
     "load_study",
     "load_trial",
+    "stored_config",
     "study_objectives",
 ]
 
@@ -138,17 +140,27 @@ def study_objectives(storage: str, study: str) -> list[ObjectiveRef]:
     """The study's objectives from the config the driver keeps in Optuna's study attributes;
     val_loss and params, minimised, for rows that no hybridnas driver wrote."""
     try:
-        return list(_study_objectives(normalize_url(storage), study))
+        objectives = (stored_config(storage, study) or {})["objectives"]
+        return [ObjectiveRef(o["name"], o.get("direction"), o.get("context")) for o in objectives]
     except (KeyError, TypeError, ValueError):
         return [ObjectiveRef("val_loss"), ObjectiveRef("params")]
 
 
+def stored_config(storage: str, study: str) -> dict | None:
+    """The study's resolved config as the driver saved it (``StudyConfig.model_dump``) in
+    Optuna's study attributes; None for a study no hybridnas driver created."""
+    try:
+        text = _stored_config(normalize_url(storage), study)
+    except KeyError:  # no such Optuna study (not cached: it may be created later)
+        return None
+    return json.loads(text) if text is not None else None
+
+
 @lru_cache(maxsize=64)
-def _study_objectives(storage: str, study: str) -> tuple[ObjectiveRef, ...]:
-    """Cached: a study's objectives are fixed when it is created, and opening Optuna's
-    storage checks its schema version (a fifth of a second)."""
+def _stored_config(storage: str, study: str) -> str | None:
+    """Cached (as text, so callers get their own copy): a study's config is fixed when it is
+    created, and opening Optuna's storage checks its schema version (a fifth of a second)."""
     import optuna
 
-    attrs = optuna.load_study(study_name=study, storage=storage).user_attrs
-    return tuple(ObjectiveRef(o["name"], o.get("direction"), o.get("context"))
-                 for o in attrs["config"]["objectives"])
+    config = optuna.load_study(study_name=study, storage=storage).user_attrs.get("config")
+    return json.dumps(config) if config is not None else None
