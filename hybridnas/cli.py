@@ -405,14 +405,8 @@ def fidelity(
     for r in result.rungs:
         table.add_row(str(r.rung), f"{r.fraction:g}", _corr(r.kendall_tau), _corr(r.spearman), str(r.n))
     console.print(table if result.rungs else f"{study}: no rung losses recorded ({result.n_finished} finished)")
-    s = result.seeds
-    if s is not None:
-        ratio = "-" if s.ratio is None else f"{s.ratio:.2f}"
-        console.print(
-            f"seeds: {s.n_candidates} candidates x up to {s.seeds} seeds; seed std {s.seed_std:.4f} vs "
-            f"between-candidate std {s.between_std:.4f} (ratio {ratio}); {s.distinguishable_pairs}/{s.n_pairs} "
-            f"pairs distinguishable (> 2 standard errors apart), {s.resolved} candidates resolved, "
-            f"{s.tied_with_best} tied with the best")
+    if result.seeds is not None:
+        console.print(result.seeds.summary())
     a = result.against
     if a is not None:
         def ci(i) -> str:

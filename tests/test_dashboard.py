@@ -245,6 +245,8 @@ def test_the_analysis_tabs_draw_when_opened(page, study_url):
     page.get_by_text("hypervolume", exact=True).click()
     page.wait_for_selector("#hypervolume .scatterlayer .trace", timeout=30_000)
     assert "hypervolume over trials" in page.inner_text("#hypervolume")
+    page.get_by_text("fidelity", exact=True).click()  # this study has no rungs: the panel says so
+    page.wait_for_selector("#fidelity :text('No rung losses recorded')", timeout=30_000)
 
 
 def test_clicking_a_point_opens_its_trial_panel(page, study_url):

@@ -196,5 +196,14 @@ def test_fidelity_only_reads(url, tmp_path):
 
 def test_report_has_a_fidelity_section(url):
     html = render_report(load_study(url, "a", full=True), url)
-    assert "<h2>Fidelity</h2>" in html and "3 of 10 pairs" in html
+    assert "<h2>Fidelity</h2>" in html and "3/10 pairs distinguishable" in html
     assert "<h2>Fidelity</h2>" not in render_report(load_study(url, "c", full=True), url)
+
+
+def test_dashboard_panel_shows_the_rung_table(url):
+    """The dashboard's fidelity tab: the same rung agreement as the command, as a table."""
+    from hybridnas.analysis.dashboard import _fidelity_panel
+    from hybridnas.analysis.study import load_study
+
+    text = str(_fidelity_panel(load_study(url, "a"), url))
+    assert "Kendall τ" in text and "0.600" in text and "0.800" in text and "seeds: 5 candidates" in text, text

@@ -119,6 +119,7 @@ def _layout(storage: str, names: list[str], first: str | None, refresh_s: float,
                 html.Button("compute importance", id="importance-button"),
                 dcc.Loading(html.Div(id="importance")),
             ])),
+            dcc.Tab(label="fidelity", value="fidelity", children=html.Div(id="fidelity", style=PANEL_STYLE)),
         ]),
     ])
 
@@ -290,6 +291,15 @@ def _callbacks(app: dash.Dash, storage: str, load) -> None:
         data = load(study)
         return figures.hypervolume_figure(data, _objective_refs(data, labels))
 
+    @app.callback(Output("fidelity", "children"), Input("analysis-tabs", "value"), Input("summary", "children"),
+                  State("study", "value"))
+    def draw_fidelity(tab, _summary, study):
+        if tab != "fidelity":
+            raise PreventUpdate
+        if not study:
+            return html.P("No study.")
+        return _fidelity_panel(load(study), storage)
+
     @app.callback(Output("importance", "children"), Input("importance-button", "n_clicks"), State("study", "value"),
                   prevent_initial_call=True)
     def draw_importance(_clicks, study):
@@ -379,3 +389,27 @@ def _cell(value) -> str:
 def serve(storage: str, host: str = "127.0.0.1", port: int = 8050, study: str | None = None) -> None:
     """Run the dashboard's web server (blocks). Binds to localhost unless ``host`` says otherwise."""
     create_app(storage, study=study).run(host=host, port=port, debug=False)
+
+
+def _fidelity_panel(data: StudyData, storage: str) -> list:
+    """How well each rung's loss ranks the finished candidates as the final loss does, and
+    the seed noise (see :mod:`hybridnas.analysis.fidelity`)."""
+    from hybridnas.analysis.fidelity import FidelityError, rung_agreement, seed_spread, study_rung_fractions
+
+    try:
+        rungs = rung_agreement(data.rows, study_rung_fractions(storage, data.name), study=data.name)
+    except FidelityError as exc:
+        return [html.P(str(exc))]
+    if not rungs:
+        return [html.P("No rung losses recorded.")]
+    header = html.Tr([html.Th(c) for c in ("rung", "budget fraction", "Kendall τ", "Spearman ρ", "n")])
+    def corr(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    body = [html.Tr([html.Td(str(r.rung)), html.Td(f"{r.fraction:g}"), html.Td(corr(r.kendall_tau)),
+                     html.Td(corr(r.spearman)), html.Td(str(r.n))]) for r in rungs]
+    seeds = seed_spread(data.rows)
+    return [html.P("Rank agreement of each rung's loss with the final loss over the finished candidates "
+                   "(1: the rung ranks them as the end does; 0: chance)."),
+            html.Table([header, *body], style={"fontSize": "13px"}),
+            *([html.P(seeds.summary())] if seeds is not None else [])]

@@ -104,6 +104,14 @@ class SeedSpread:
     resolved: int
     tied_with_best: int
 
+    def summary(self) -> str:
+        """One line for the CLI, the report and the dashboard."""
+        ratio = "-" if self.ratio is None else f"{self.ratio:.2f}"
+        return (f"seeds: {self.n_candidates} candidates x up to {self.seeds} seeds; seed std {self.seed_std:.4f} "
+                f"vs between-candidate std {self.between_std:.4f} (ratio {ratio}); {self.distinguishable_pairs}/"
+                f"{self.n_pairs} pairs distinguishable (> 2 standard errors apart), {self.resolved} candidates "
+                f"resolved, {self.tied_with_best} tied with the best")
+
 
 @dataclass(frozen=True)
 class Interval:

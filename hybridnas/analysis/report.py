@@ -139,11 +139,7 @@ def _fidelity(data: StudyData, storage: str) -> str:
     parts = [head, "<table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + f"</tr>{body}</table>"]
     seeds = seed_spread(data.rows)
     if seeds is not None:
-        parts.append(
-            f"<p>Seeds: {seeds.n_candidates} candidates x up to {seeds.seeds} seeds; seed std "
-            f"{_fmt(seeds.seed_std)} vs between-candidate std {_fmt(seeds.between_std)}; "
-            f"{seeds.distinguishable_pairs} of {seeds.n_pairs} pairs more than 2 standard errors apart, "
-            f"{seeds.tied_with_best} candidates not distinguishable from the best.</p>")
+        parts.append(f"<p>{html.escape(seeds.summary())}</p>")
     return "".join(parts)
 
 
