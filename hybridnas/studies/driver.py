@@ -181,8 +181,7 @@ class OptunaBridge(Searcher):
             if outcome is None:
                 continue
             spec, params = outcome
-            fixed = {**spec_columns(spec, params), **self._cost_columns(spec),
-                     "baseline": trial.user_attrs.get("baseline"), "budget_flops": self.config.budget.flops}
+            fixed = self._fixed_columns(spec, params, trial.user_attrs.get("baseline"))
             self.live[trial_id] = _Live(trial.number, trial._trial_id, spec, fixed)
             self.scheduler.cost_points[trial_id] = self._cost_point(spec)
             if "baseline" in trial.user_attrs or "enqueued" in trial.user_attrs:
@@ -225,8 +224,7 @@ class OptunaBridge(Searcher):
                 self.complete_values.append(twin.values)
             row = self.store.row(self.study.study_name, twin.number) or {}
             columns = {k: row[k] for k in REUSED if k in row}
-            fixed = {**spec_columns(spec, params), **self._cost_columns(spec), "baseline": baseline,
-                     "budget_flops": self.config.budget.flops}
+            fixed = self._fixed_columns(spec, params, baseline)
             self._write(_Live(trial.number, trial._trial_id, spec, fixed),
                         status="pruned" if twin.pruned else "complete", reused_from=twin.number, **columns)
             self.tally.reused += 1
@@ -308,6 +306,11 @@ class OptunaBridge(Searcher):
         self._write(live, status="fail", failure=reason, **columns)
 
     # -- the table --
+
+    def _fixed_columns(self, spec: ArchSpec, params: dict, baseline: str | None) -> dict[str, Any]:
+        """A trial's columns known when it starts: the candidate's, its costs, its baseline."""
+        return {**spec_columns(spec, params), **self._cost_columns(spec), "baseline": baseline,
+                "budget_flops": self.config.budget.flops}
 
     def _cost_columns(self, spec: ArchSpec) -> dict[str, Any]:
         """Every static metric's column, on every row (running and pruned ones included): at
