@@ -299,6 +299,8 @@ def launch(
     saved = f"; pruning saved {report.compute_saved:.0%} of the full-budget FLOPs" if t.pruned else ""
     console.print(f"study {report.study} ({report.storage}): {t.done} complete, {t.pruned} pruned, "
                   f"{t.failed} failed, {t.reused} reused, {t.infeasible} infeasible this run{saved}")
+    if t.stop_reason:
+        console.print(t.stop_reason)
     names = [o.name for o in report.objectives]
     _print_rows(report.pareto, names, title=f"Pareto set of {report.study} on {', '.join(names)}")
 
@@ -309,10 +311,11 @@ def studies(storage: StorageOption = None) -> None:
     from hybridnas.studies.query import list_studies
 
     found = list_studies(storage or DEFAULT_STORAGE)
-    table = Table("study", "trials", "complete", "pruned", "fail", "running", "best val_loss")
+    counts = ("trials", "complete", "pruned", "fail", "running", "copy")
+    table = Table("study", *counts[:-1], "copies", "best val_loss")
     for s in found:
         best = f"{s['best_val_loss']:.4f}" if s["best_val_loss"] is not None else "-"
-        table.add_row(s["study"], *(str(s[k]) for k in ("trials", "complete", "pruned", "fail", "running")), best)
+        table.add_row(s["study"], *(str(s[k]) for k in counts), best)
     console.print(table)
 
 
@@ -325,15 +328,19 @@ def query(
     ] = None,
     sort: Annotated[str | None, typer.Option("--sort", help="a column; -column for descending")] = None,
     output: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+    copies: Annotated[
+        bool, typer.Option("--copies", help="also the trials that were a copy of an evaluated candidate")
+    ] = False,
     storage: StorageOption = None,
 ) -> None:
-    """Rows of a study, filtered, sorted or reduced to a Pareto front."""
+    """Rows of a study (each candidate once), filtered, sorted or reduced to a Pareto front."""
     from hybridnas.studies.query import format_rows, query_study
 
     if output not in ("table", "csv", "json"):
         raise UserError(f"--format={output}: expected table, csv or json")
     objectives = [p.strip() for p in pareto.split(",") if p.strip()] if pareto else []
-    rows = query_study(storage or DEFAULT_STORAGE, study, where=where, pareto=objectives or None, sort=sort)
+    rows = query_study(storage or DEFAULT_STORAGE, study, where=where, pareto=objectives or None, sort=sort,
+                       copies=copies)
     if output == "table":
         _print_rows(rows, objectives, title=f"{study}: {len(rows)} trials")
     else:

@@ -30,8 +30,13 @@ def test_tiny_study_end_to_end(database_url, capsys):
     assert len(trials) == 5
     states = {t.state for t in study.get_trials()}
     assert optuna.trial.TrialState.RUNNING not in states
-    baselines = [t.user_attrs["baseline"] for t in trials if "baseline" in t.user_attrs]
+    ran = [t for t in study.get_trials() if t.state != optuna.trial.TrialState.WAITING]
+    baselines = [t.user_attrs["baseline"] for t in ran if "baseline" in t.user_attrs]
     assert baselines == ["mamba2", "bae-intra-1:5"]  # enqueued first, in order
+    # at 2 mixers, 1:5 rounds to no attention: Bae's intra baseline is the Mamba-2 one again,
+    # a copy that is not counted (each counted trial is a distinct candidate)
+    assert ran[1].user_attrs["reused_from"] == ran[0].number and ran[1].user_attrs["not_counted"]
+    assert len({t.user_attrs["spec_key"] for t in trials}) == 5
 
     capsys.readouterr()  # Tune's own output
     assert main(["query", "test-tiny", "--storage", database_url, "--format", "json"]) == 0
@@ -89,7 +94,8 @@ def test_driver_killed_mid_study_resumes_with_no_trial_lost(tmp_path):
     launch("test-tiny", storage=url, trials=6, progress=False)
     study = optuna.load_study(study_name="test-tiny", storage=url)
     counted = [t for t in study.trials if not t.user_attrs.get("not_counted")]
-    orphans = [t for t in study.trials if t.user_attrs.get("not_counted") and not t.user_attrs.get("infeasible")]
+    orphans = [t for t in study.trials if t.user_attrs.get("not_counted")
+               and not {"infeasible", "reused_from"} & set(t.user_attrs)]
     assert len(counted) == 6
     assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.trials)
     assert orphans and all(t.state == optuna.trial.TrialState.FAIL for t in orphans)

@@ -106,16 +106,17 @@ def list_studies(storage: str) -> list[str]:
         store.dispose()
 
 
-def load_study(storage: str, study: str, *, full: bool = False) -> StudyData:
-    """The rows of ``study`` (every column with ``full``; else without spec, curves, config)
-    and its objectives. Raises :class:`StudyNotFound` (a LookupError) naming the studies
-    there if it is missing."""
+def load_study(storage: str, study: str, *, full: bool = False, copies: bool = False) -> StudyData:
+    """The rows of ``study`` (every column with ``full``; else without spec, curves, config),
+    each candidate once (with ``copies``, also the trials that copied an evaluated one), and
+    its objectives. Raises :class:`StudyNotFound` (a LookupError) naming the studies there if
+    it is missing."""
     store = ResultsStore(storage, readonly=True)
     try:
         if not store.has_table():
             raise StudyNotFound(f"storage {storage}: no hybridnas studies here (run hybridnas launch first)")
         version = store.version(study)  # before the rows: a write in between makes it stale, not wrong
-        rows = store.rows(study, columns=None if full else SUMMARY_COLUMNS)
+        rows = store.rows(study, columns=None if full else SUMMARY_COLUMNS, copies=copies)
         if not rows:
             names = store.studies()
             raise StudyNotFound(f"no study {study!r} in {storage} (studies: {', '.join(names) or 'none'})")

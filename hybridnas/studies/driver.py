@@ -2,10 +2,22 @@
 
 - ``OptunaBridge`` (a Tune ``Searcher``) asks Optuna for each new trial (define-by-run through
   ``SearchSpace.suggest``), skips infeasible candidates (their constraints are recorded, they
-  are never trained), reuses the result of a candidate identical to one already evaluated,
-  and tells Optuna each outcome: complete with its objective values, pruned when the
-  scheduler stopped it, fail with a reason. Ray's stock ``OptunaSearch`` cannot be used: it
-  hard-codes a no-op pruner and records scheduler-stopped trials as complete.
+  are never trained), skips copies of a candidate already evaluated (below), and tells
+  Optuna each outcome: complete with its objective values, pruned when the scheduler stopped
+  it, fail with a reason. Ray's stock ``OptunaSearch`` cannot be used: it hard-codes a no-op
+  pruner and records scheduler-stopped trials as complete.
+- **Copies.** A suggestion whose spec (``ArchSpec.key``) was evaluated at this study's budget
+  is not trained and not counted toward ``trials``: the study asks again. Optuna keeps it as
+  a PRUNED trial (``reused_from`` and ``not_counted`` attributes) and its row as status
+  ``copy`` with the original's result. Told COMPLETE (as before), a copy was a second point
+  at the same place in ``best_trials`` and every Optuna plot, and TPE counted the point twice
+  as good, so it proposed it again (7 of the quickstart's 24 trials). Told FAIL, samplers
+  ignore it and TPE, its history unchanged, proposed the same candidate 1,000 times in a row
+  (measured with :mod:`~hybridnas.studies.simulate`). PRUNED is how TPE sees a trial its
+  constant liar holds running: in the "worse" group, so the sampler learns the point is
+  taken and moves on, while the original's values stay in its history and
+  ``best_trials`` (COMPLETE only) lists each candidate once. When every distinct candidate
+  of the space has been evaluated, the study stops (``Tally.stop_reason``).
 - ``ParetoScheduler`` (a Tune ``TrialScheduler``) applies :class:`ParetoHalving` at each rung.
 - Only this process writes the hybridnas table (``ResultsStore``); workers report through Tune.
 """
@@ -41,6 +53,9 @@ __all__ = ["OptunaBridge", "ParetoScheduler", "Tally", "cost_refs"]
 # a reused twin's columns: its result, whatever objectives it measured
 REUSED = ("val_loss", "metrics", "rungs", "loss_curve", *(m.column for m in REGISTRY.values()))
 SETTLED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+MAX_DRAWS = 1000  # suggestions asked per Tune trial before the sampler is deemed stuck
+EXHAUSTION_CHECK = 25  # after this many draws without a new candidate, check whether the space is exhausted
+ENUMERATION_LIMIT = 20_000  # larger spaces are never enumerated (a TPE study rarely exhausts them)
 
 
 @dataclass
@@ -55,6 +70,7 @@ class Tally:
     running: set = field(default_factory=set)
     flops_spent: float = 0.0
     flops_full: float = 0.0  # what the same trials would have spent at full budget
+    stop_reason: str | None = None  # why the study stopped before its number of trials, in one line
 
 
 def cost_refs(refs: tuple[ObjectiveRef, ...]) -> tuple[ObjectiveRef, ...]:
@@ -133,6 +149,8 @@ class OptunaBridge(Searcher):
         self.settled: dict[str, _Settled] = {}  # spec key -> the evaluated trial it was first
         self.counted = 0  # trials that count toward config.trials
         self.complete_values: list[tuple[float, ...]] = []  # the values of complete trials, for the progress line
+        self._distinct: set[str] | None = None  # the space's distinct feasible spec keys, once enumerated
+        self._enumerated = False
         waiting = optuna.trial.TrialState.WAITING
         for t in study.get_trials(deepcopy=False):
             if t.state != waiting and not t.user_attrs.get("not_counted"):
@@ -170,15 +188,20 @@ class OptunaBridge(Searcher):
     # -- asking --
 
     def suggest(self, trial_id: str) -> dict | None:
-        for _ in range(1000):  # infeasible and reused candidates do not use up a Tune trial
+        # Ray's protocol (Searcher.suggest's docstring: "dict | FINISHED | None"), which its
+        # annotation, Optional[Dict], leaves out
+        finished: dict = Searcher.FINISHED  # type: ignore[assignment]
+        if self.tally.stop_reason is not None:
+            return finished
+        for draw in range(1, MAX_DRAWS + 1):  # infeasible candidates and copies do not use up a trial
             if self.counted >= self.config.trials:
-                # Ray's protocol (Searcher.suggest's docstring: "dict | FINISHED | None"), which its
-                # annotation, Optional[Dict], leaves out
-                return Searcher.FINISHED  # type: ignore[return-value]
+                return finished
             trial = self.study.ask()
-            self.counted += 1  # unless it turns out infeasible: never trained, not counted
+            self.counted += 1  # unless it turns out infeasible or a copy: never trained, not counted
             outcome = self._candidate(trial)
             if outcome is None:
+                if draw % EXHAUSTION_CHECK == 0 and self._exhausted():
+                    return finished
                 continue
             spec, params = outcome
             fixed = self._fixed_columns(spec, params, trial.user_attrs.get("baseline"))
@@ -191,7 +214,28 @@ class OptunaBridge(Searcher):
             self.on_change()
             request = TrialRequest.for_study(self.config, trial.number, spec, self.trial_root)
             return request_to_tune(request)
-        raise RuntimeError("no feasible candidate in 1000 draws: check the search space's constraints")
+        if not self._exhausted():
+            left = "" if self._distinct is None else f" ({len(self._distinct - self._taken())} remain unevaluated)"
+            self.tally.stop_reason = (f"the sampler proposed no new feasible candidate in {MAX_DRAWS} draws{left}; "
+                                      "stopping (check the space's constraints, or try another sampler)")
+        return finished
+
+    def _taken(self) -> set[str]:
+        """The spec keys evaluated or being trained."""
+        return set(self.settled) | {live.fixed["spec_key"] for live in self.live.values()}
+
+    def _exhausted(self) -> bool:
+        """Whether every distinct feasible candidate of the space is evaluated or training;
+        if so, records the stop reason. Enumerating the space (once, then kept) is only worth
+        it after a run of copies, and only for spaces of at most ENUMERATION_LIMIT candidates."""
+        if self._distinct is None and not self._enumerated:
+            self._enumerated = True
+            self._distinct = self.space.distinct_keys(limit=ENUMERATION_LIMIT)
+        if self._distinct is None or not self._distinct <= self._taken():
+            return False
+        self.tally.stop_reason = (f"the search space is exhausted: all {len(self._distinct)} distinct candidates "
+                                  f"are evaluated ({self.counted} of {self.config.trials} trials used)")
+        return True
 
     def _candidate(self, trial: optuna.Trial) -> tuple[ArchSpec, dict] | None:
         """The trial's spec to train, or None when it was settled without training."""
@@ -214,24 +258,18 @@ class OptunaBridge(Searcher):
         params = dict(trial.params)
         key = spec.key
         twin = self.settled.get(key)
-        if twin is not None:  # the same candidate, the same budget: its result, complete or pruned
+        if twin is not None:  # the same candidate, the same budget: a copy (see the module docstring)
             trial.set_user_attr("reused_from", twin.number)
-            if twin.pruned:
-                self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            else:
-                assert twin.values is not None, "_settle keeps the values of every twin not pruned"
-                self.study.tell(trial, list(twin.values))
-                self.complete_values.append(twin.values)
+            trial.set_user_attr("not_counted", True)
+            trial.set_user_attr("failure", f"a copy of trial {twin.number} (same spec, same budget): not trained")
+            self.counted -= 1
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             row = self.store.row(self.study.study_name, twin.number) or {}
             columns = {k: row[k] for k in REUSED if k in row}
             fixed = self._fixed_columns(spec, params, baseline)
-            self._write(_Live(trial.number, trial._trial_id, spec, fixed),
-                        status="pruned" if twin.pruned else "complete", reused_from=twin.number, **columns)
+            self._write(_Live(trial.number, trial._trial_id, spec, fixed), status="copy", reused_from=twin.number,
+                        **columns)
             self.tally.reused += 1
-            if twin.pruned:
-                self.tally.pruned += 1
-            else:
-                self.tally.done += 1
             return None
         trial.set_user_attr("spec_key", key)
         return spec, params

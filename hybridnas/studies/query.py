@@ -35,7 +35,8 @@ def _open(storage: str) -> ResultsStore:
 
 
 def list_studies(storage: str) -> list[dict[str, Any]]:
-    """[{study, trials, complete, pruned, fail, running, best_val_loss}] for every study."""
+    """[{study, trials, complete, pruned, fail, running, copy, best_val_loss}] for every
+    study; ``trials`` counts Optuna's trials (copies and infeasible suggestions included)."""
     store = _open(storage)
     out = []
     for summary in optuna.get_all_study_summaries(normalize_url(storage), include_best_trial=False):
@@ -49,10 +50,11 @@ def list_studies(storage: str) -> list[dict[str, Any]]:
 
 
 def query_study(storage: str, study: str, *, where: str | None = None, pareto: list[str] | None = None,
-                sort: str | None = None) -> list[dict[str, Any]]:
-    """Rows of ``study`` that pass ``where``; with ``pareto``, only the first front on those
-    columns (val_loss minimised, tokens/s maximised, costs minimised); sorted by ``sort``
-    (a column, ``-column`` for descending)."""
+                sort: str | None = None, copies: bool = False) -> list[dict[str, Any]]:
+    """Rows of ``study`` that pass ``where``, each candidate once (with ``copies``, also the
+    trials that were a copy of an evaluated candidate); with ``pareto``, only the first front
+    on those columns (val_loss minimised, tokens/s maximised, costs minimised); sorted by
+    ``sort`` (a column, ``-column`` for descending)."""
     store = _open(storage)
     try:
         known = _optuna_studies(store)
@@ -69,7 +71,7 @@ def query_study(storage: str, study: str, *, where: str | None = None, pareto: l
         # curves and config was most of a 10,000-row query), then the front's full rows
         light = [c.name for c in TRIALS.columns if c.name == "metrics" or c.type.__class__.__name__ != "JSON"]
         rows = [with_metrics(row) for row in store.rows(study, where=condition, order_by=order,
-                                                        columns=light if pareto else None)]
+                                                        columns=light if pareto else None, copies=copies)]
         if pareto:
             front = [r["trial"] for r in _first_front(rows, pareto)]
             full = {r["trial"]: with_metrics(r) for start in range(0, len(front), 500)

@@ -341,6 +341,31 @@ class SearchSpace:
             return target.n_attention_mixers
         return next((c for c in choices if Ratio.parse(c).same_as(ratio)), None)
 
+    # ---- every candidate ----------------------------------------------------------------
+
+    def distinct_keys(self, limit: int) -> set[str] | None:
+        """The ``ArchSpec.key`` of every feasible candidate the space can suggest (the driver
+        stops a study that has evaluated them all), or None when the space holds more than
+        ``limit`` combinations of the parameters asked. Walks the define-by-run tree of
+        :meth:`_ask`: each path is a list of choice indices, the next path the last question
+        with a choice left, advanced by one (so conditional parameters are asked only where
+        they matter, unlike :meth:`grid`'s product)."""
+        keys: set[str] = set()
+        path: list[int] = []
+        for _ in range(limit):
+            script = _Scripted(path)
+            try:
+                keys.add(self._build(self._ask(script), None).key)
+            except Infeasible:
+                pass
+            taken, sizes = script.taken, script.sizes
+            while taken and taken[-1] + 1 >= sizes[-1]:
+                taken, sizes = taken[:-1], sizes[:-1]
+            if not taken:
+                return keys
+            path = [*taken[:-1], taken[-1] + 1]
+        return None
+
     # ---- grid ---------------------------------------------------------------------------
 
     def grid(self) -> dict[str, list]:
@@ -361,6 +386,29 @@ class SearchSpace:
             **{f"moe.{k}": getattr(s.moe, k) for k in ("n_experts", "top_k", "n_shared")},
         }
         return {name: list(choices) for name, choices in dims.items() if len(choices) > 1}
+
+
+class _Scripted:
+    """A stand-in for an Optuna trial that answers the i-th question with choice ``path[i]``
+    (the first choice past the path), recording each answer's index and number of choices."""
+
+    def __init__(self, path: list[int]) -> None:
+        self.path = path
+        self.taken: list[int] = []
+        self.sizes: list[int] = []
+
+    def _answer(self, choices: Sequence[Any]) -> Any:
+        i = len(self.taken)
+        index = self.path[i] if i < len(self.path) else 0
+        self.taken.append(index)
+        self.sizes.append(len(choices))
+        return choices[index]
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self._answer(choices)
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1) -> int:
+        return int(self._answer(range(low, high + 1, step)))
 
 
 def _record(trial: Any, key: str, value: float) -> None:

@@ -60,7 +60,7 @@ TRIALS = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("study", String(200), nullable=False, index=True),
     Column("trial", Integer, nullable=False),  # Optuna's trial number
-    Column("status", String(16), nullable=False),  # complete | pruned | fail | running
+    Column("status", String(16), nullable=False),  # complete | pruned | fail | running | copy
     Column("failure", Text),  # why a trial failed or was not trained
     Column("reused_from", Integer),  # an identical candidate's trial, whose result this reuses
     Column("baseline", String(32)),  # the baseline this trial was enqueued as, if any
@@ -255,15 +255,19 @@ class ResultsStore:
             else:
                 conn.execute(TRIALS.update().where(key).values(**values))
 
-    def rows(self, study: str, where=None, order_by: Sequence = (), columns: Sequence[str] | None = None
-             ) -> list[dict[str, Any]]:
+    def rows(self, study: str, where=None, order_by: Sequence = (), columns: Sequence[str] | None = None,
+             *, copies: bool = True) -> list[dict[str, Any]]:
         """Rows of ``study`` (optionally filtered by a SQLAlchemy expression), as dicts: every
-        column, or only ``columns``. A column an older table lacks reads as None."""
+        column, or only ``columns``. A column an older table lacks reads as None. With
+        ``copies=False``, each candidate once: the rows of trials that were a copy of an
+        evaluated candidate (``reused_from`` set) are left out, as readers show a study."""
         wanted = [c for c in TRIALS.columns if columns is None or c.name in columns]
         present = self._present_columns()
         query = select(*[c for c in wanted if c.name in present]).where(TRIALS.c.study == study)
         if where is not None:
             query = query.where(where)
+        if not copies and "reused_from" in present:
+            query = query.where(TRIALS.c.reused_from.is_(None))
         query = query.order_by(*order_by, TRIALS.c.trial)
         missing = dict.fromkeys(c.name for c in wanted if c.name not in present)
         with self.engine.connect() as conn:
@@ -307,7 +311,10 @@ class ResultsStore:
         self.engine.dispose()
 
 
-STATUSES = ("complete", "pruned", "fail", "running")  # Optuna's states, as the table spells them
+# Optuna's states as the table spells them, and "copy": a suggestion identical to an evaluated
+# candidate, whose row carries that candidate's result (reused_from) and which Optuna keeps as
+# a PRUNED trial not counted toward the study's trials (so best_trials lists each candidate once)
+STATUSES = ("complete", "pruned", "fail", "running", "copy")
 
 
 def status_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
