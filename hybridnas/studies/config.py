@@ -466,6 +466,9 @@ class StudyConfig(_Section):
                     f"budget.rungs: {r} is outside the trainer's stable phase "
                     f"[trainer.warmup_frac={t.warmup_frac}, 1 - trainer.decay_frac={1 - t.decay_frac:g}]"
                 )
+        if len(t.lr_grid) > 1 and self.budget.rungs and t.lr_sweep_frac >= self.budget.rungs[0]:
+            raise ValueError(f"trainer.lr_sweep_frac: {t.lr_sweep_frac} must end before the first of "
+                             f"budget.rungs ({self.budget.rungs[0]}): a rung ranks the rate the sweep chose")
         kind, choices = self.space.share
         if kind == "n_attn" and self.size.mode == "fixed":
             most = max(choices.values() if isinstance(choices, IntRange) else choices)

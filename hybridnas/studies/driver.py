@@ -51,7 +51,7 @@ from hybridnas.studies.storage import ResultsStore, spec_columns
 __all__ = ["OptunaBridge", "ParetoScheduler", "Tally", "cost_refs"]
 
 # a reused twin's columns: its result, whatever objectives it measured
-REUSED = ("val_loss", "metrics", "rungs", "loss_curve", *(m.column for m in REGISTRY.values()))
+REUSED = ("val_loss", "metrics", "rungs", "loss_curve", "lr", *(m.column for m in REGISTRY.values()))
 SETTLED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 MAX_DRAWS = 1000  # suggestions asked per Tune trial before the sampler is deemed stuck
 EXHAUSTION_CHECK = 25  # after this many draws without a new candidate, check whether the space is exhausted
@@ -121,6 +121,7 @@ class _Live:
     spec: ArchSpec
     fixed: dict[str, Any]
     rungs: list[dict] = field(default_factory=list)
+    lr: float | None = None  # the peak learning rate, once a rung has reported it
 
 
 @dataclass(frozen=True)
@@ -285,6 +286,7 @@ class OptunaBridge(Searcher):
         if trial_id in self.live and report is not None and not report.final:
             live = self.live[trial_id]
             live.rungs = _with_rung(live.rungs, report)
+            live.lr = report.lr
             self._write(live, status="running", hardware=report.hardware)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -300,6 +302,7 @@ class OptunaBridge(Searcher):
             # on_trial_complete only, never to on_trial_result
             if report is not None and not report.final:
                 live.rungs = _with_rung(live.rungs, report)
+                live.lr = report.lr
             self.study.tell(live.number, state=optuna.trial.TrialState.PRUNED)
             self._settle(live.fixed["spec_key"], live.number, optuna.trial.TrialState.PRUNED, None)
             spent = live.rungs[-1]["flops"] if live.rungs else 0.0
@@ -325,7 +328,8 @@ class OptunaBridge(Searcher):
         columns = {
             "metrics": metrics, "val_loss": report.val_loss, "loss_curve": report.loss_curve,
             "config": report.config, "tokens": report.tokens, "flops_spent": report.flops_spent,
-            "wall_s": report.wall_s, "hardware": report.hardware, **metric_columns(self.refs, metrics),
+            "wall_s": report.wall_s, "hardware": report.hardware, "lr": report.lr,
+            **metric_columns(self.refs, metrics),
         }
         if values is None:
             reason = report.failure or report.speed_reason or "an objective could not be measured"
@@ -361,7 +365,7 @@ class OptunaBridge(Searcher):
 
     def _write(self, live: _Live, status: str, **columns: Any) -> None:
         row = {"study": self.study.study_name, "trial": live.number, "status": status, **live.fixed,
-               "rungs": live.rungs, "versions": _versions(), **columns}
+               "rungs": live.rungs, "lr": live.lr, "versions": _versions(), **columns}
         self.store.upsert(row)
 
 

@@ -120,13 +120,14 @@ class TrialReport:
     the seeds' complete runs), everything measured, and ``metrics``: the measured objective
     values by metric key (``decode_tokens_per_s@8192``, ``mqar``, ``recall``, ``passkey``,
     ``val_loss_2x``...), None where a measurement had no value. ``details`` holds the
-    proxies' per-run records (``recall``, ``passkey``) for the results row."""
+    proxies' per-run records (``recall``, ``passkey``, ``lr_sweep``) for the results row."""
 
     rung: int | None
     val_loss: float | None = None
     tokens: int | None = None
     flops: float | None = None
     train_loss: float | None = None
+    lr: float | None = None  # the peak learning rate the candidate trains at (chosen when trainer.lr_grid is set)
     hardware: str | None = None
     status: str | None = None
     failure: str | None = None

@@ -63,6 +63,7 @@ TRIALS = Table(
     Column("status", String(16), nullable=False),  # complete | pruned | fail | running | copy
     Column("failure", Text),  # why a trial failed or was not trained
     Column("reused_from", Integer),  # an identical candidate's trial, whose result this reuses
+    Column("lr", Float),  # the peak learning rate it trained at: trainer.lr, or the one its lr_grid sweep chose
     Column("baseline", String(32)),  # the baseline this trial was enqueued as, if any
     # the candidate
     Column("pattern", String(2000), nullable=False),

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from hybridnas.studies.protocol import TrialReport, TrialRequest, report_to_tune, request_from_tune
 
 if TYPE_CHECKING:
-    from hybridnas.trainer import RungReport
+    from hybridnas.trainer import RungReport, TrainResult
 
 __all__ = ["run_trial"]
 
@@ -39,7 +39,7 @@ def run_trial(config: dict) -> None:
         # the scheduler answers by stopping this function at the report, not by return value
         saved = Path(rung.checkpoint)
         report = TrialReport(rung=rung.index, val_loss=rung.val_loss, tokens=rung.tokens, flops=rung.flops,
-                             train_loss=rung.train_loss, hardware=_hardware())
+                             train_loss=rung.train_loss, lr=rung.lr, hardware=_hardware())
         tune.report(report_to_tune(report), checkpoint=tune.Checkpoint.from_directory(str(saved.parent)))
         return "continue"
 
@@ -52,12 +52,14 @@ def run_trial(config: dict) -> None:
         latest = sorted(local.glob("rung-*.pt"))
         resume_from = str(latest[-1]) if latest else None
 
-    results = []
+    results: list[TrainResult] = []
     trainer = request.trainer.model_dump()
     for seed in request.seeds:
         first = seed == request.seeds[0]
         settings = {**trainer, "seed": seed, "progress": False, "rungs": request.rungs if first else (),
                     "out_dir": str(trial_dir / f"seed-{seed}")}
+        if not first:  # the learning rate is the candidate's, chosen once: later seeds train at it
+            settings.update(lr=results[0].lr, lr_grid=())
         result = train(request.spec, request.budget_flops, TrainConfig(**settings),
                        rung_callback=at_rung if first else None, resume_from=resume_from if first else None)
         results.append(result)
@@ -73,6 +75,8 @@ def run_trial(config: dict) -> None:
         if request.long_context:
             failure = _long_context(results[0], request, metrics, details)
             final["failure"] = failure or final["failure"]
+    if results[0].lr_sweep:
+        details["lr_sweep"] = results[0].lr_sweep
     report = TrialReport(rung=None, **final, metrics=metrics, details=details,
                          wall_s=time.perf_counter() - started, hardware=_hardware())
     tune.report(report_to_tune(report))
@@ -94,6 +98,7 @@ def _summary(results) -> dict[str, Any]:
         "loss_curve": {"train": results[0].train_curve, "val": results[0].val_curve},
         "config": results[0].config,
         "device": results[0].device,
+        "lr": results[0].lr,
     }
 
 

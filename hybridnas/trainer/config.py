@@ -41,6 +41,11 @@ class TrainConfig(BaseModel):
     weight_decay: Annotated[float, Field(ge=0)] = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: Annotated[float, Field(gt=0)] | None = 1.0
+    # a learning rate per candidate: with two or more multipliers, the run first trains
+    # lr_sweep_frac of its steps once at each lr x multiplier (same weights, same batches),
+    # keeps the one whose cooled-down validation loss is lowest and continues it (Run.sweep_lr)
+    lr_grid: tuple[Annotated[float, Field(gt=0)], ...] = ()
+    lr_sweep_frac: Fraction = 0.1
 
     # evaluation and multi-fidelity rungs
     eval_points: Annotated[int, Field(ge=1)] = 8  # validation losses along the run (plus one at 0 tokens)
@@ -79,6 +84,15 @@ class TrainConfig(BaseModel):
                 )
         if list(self.rungs) != sorted(set(self.rungs)):
             raise ValueError(f"rungs={list(self.rungs)}: must be increasing")
+        if len(self.lr_grid) > 1:
+            if len(set(self.lr_grid)) < len(self.lr_grid):
+                raise ValueError(f"lr_grid={list(self.lr_grid)}: a multiplier is listed twice")
+            if not self.warmup_frac < self.lr_sweep_frac <= stable_end:
+                raise ValueError(f"lr_sweep_frac={self.lr_sweep_frac}: the sweep must end inside the stable phase "
+                                 f"(after warmup_frac={self.warmup_frac}, by 1 - decay_frac={stable_end:g})")
+            if self.rungs and self.lr_sweep_frac >= self.rungs[0]:
+                raise ValueError(f"lr_sweep_frac={self.lr_sweep_frac}: the sweep must end before the first rung "
+                                 f"({self.rungs[0]})")
         return self
 
     # fields that do not change the computation (resuming may change them)

@@ -9,6 +9,13 @@ pure function of (seed, step).
 Schedule: AdamW, linear warm-up, a stable phase at the peak rate, then a linear decay to 0
 over the last ``decay_frac`` of the steps (warmup-stable-decay; Bae et al. 2025 use it).
 
+Learning rate per candidate: with ``config.lr_grid`` (two or more multipliers of
+``config.lr``), the run first trains the first ``lr_sweep_frac`` of its steps once per
+multiplier, from the same initial weights on the same batches; each is scored like a rung
+(a short cool-down branched off, then the validation loss) and the best is continued, so
+the main run is the winner's, unchanged. The other runs' steps and every cool-down are
+``extra_flops``; the chosen rate is ``TrainResult.lr``, every one tried ``lr_sweep``.
+
 Rungs (multi-fidelity): at each fraction in ``config.rungs`` (inside the stable phase) the
 run saves a checkpoint, branches off a short cool-down (``rung_cooldown_frac`` of the steps
 so far, the learning rate decaying linearly to 0), measures the validation loss there, then
@@ -90,6 +97,7 @@ class Plan:
     decay_steps: int
     eval_steps: frozenset[int]
     rung_steps: tuple[int, ...]
+    sweep_steps: int = 0  # steps each learning rate of the grid trains before the choice (0: no sweep)
 
     def seqs_at(self, step: int) -> int:
         """Sequences in optimiser step ``step`` (0-indexed): full batches, the remainder in the
@@ -124,7 +132,10 @@ def make_plan(spec: ArchSpec, budget_flops: float, config: TrainConfig) -> Plan:
     decay = max(1, round(config.decay_frac * steps))
     evals = frozenset(max(1, round(k * steps / config.eval_points)) for k in range(1, config.eval_points + 1)) | {steps}
     rungs = tuple(sorted({min(max(1, round(f * steps)), max(1, steps - decay)) for f in config.rungs}))
-    return Plan(t, fpt, total_seqs, batch_seqs, steps, warmup, decay, evals, rungs)
+    sweep = 0
+    if len(config.lr_grid) > 1:  # past warm-up, before the first rung, at least one step
+        sweep = max(1, min(max(warmup + 1, round(config.lr_sweep_frac * steps)), (rungs[0] if rungs else steps) - 1))
+    return Plan(t, fpt, total_seqs, batch_seqs, steps, warmup, decay, evals, rungs, sweep)
 
 
 # ---- results -------------------------------------------------------------------------------
@@ -140,6 +151,7 @@ class RungReport:
     val_loss: float  # after the rung's cool-down
     train_loss: float
     checkpoint: str  # resume with train(..., resume_from=checkpoint)
+    lr: float  # the peak learning rate the run trains at (chosen by the sweep, if any)
 
 
 @dataclass
@@ -165,6 +177,8 @@ class TrainResult:
     config: dict
     checkpoint: str | None = None  # the rung checkpoint a stopped run can resume from
     model_path: str | None = None  # the trained weights (model.pt in out_dir) of a complete run
+    lr: float | None = None  # the peak learning rate: config.lr, or the sweep's choice
+    lr_sweep: list[dict] = field(default_factory=list)  # [{"lr", "val_loss", "failure"}] per rate tried
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -215,6 +229,8 @@ class _State:
     train_curve: list[dict] = field(default_factory=list)
     rungs: list[dict] = field(default_factory=list)
     extra_flops: float = 0.0
+    lr: float | None = None  # the peak learning rate chosen by the sweep (None: config.lr)
+    lr_sweep: list[dict] = field(default_factory=list)
 
 
 class _Record:
@@ -261,6 +277,8 @@ class _Record:
             spec=self.spec.to_dict(),
             config=self.config.model_dump(mode="json"),
             checkpoint=s.rungs[-1]["checkpoint"] if status == "stopped" and s.rungs else None,
+            lr=self.config.lr if s.lr is None else s.lr,
+            lr_sweep=s.lr_sweep,
         )
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -355,18 +373,72 @@ class Run(_Record):
 
     # -- the loop --
 
+    @property
+    def peak_lr(self) -> float:
+        return self.config.lr if self.state.lr is None else self.state.lr
+
     def loop(self, rung_callback: RungCallback | None, progress) -> tuple[Status, dict | None]:
-        plan, state = self.plan, self.state
-        if not state.val_curve:
+        if not self.state.val_curve:
             self.record_eval()  # the untrained model, at 0 tokens
+        if self.plan.sweep_steps and not self.state.lr_sweep:  # a resumed run has chosen already
+            failure = self.sweep_lr(progress)
+            if failure is not None:
+                return "diverged", failure
+        return self.advance(self.plan.steps, rung_callback, progress)
+
+    def sweep_lr(self, progress) -> dict | None:
+        """Train ``plan.sweep_steps`` steps once per multiplier of ``config.lr_grid``, each from
+        the state at entry, score each by its cooled-down validation loss, and leave the run
+        in the best one's state (``state.lr`` its rate, ``state.lr_sweep`` every score).
+        Returns a failure only when every rate diverged."""
+        plan, fpt = self.plan, self.plan.flops_per_token
+        start = self._snapshot()
+        best: tuple[float, tuple] | None = None
+        tried, failure, extra = [], None, 0.0
+        for multiplier in self.config.lr_grid:
+            self._restore(start)
+            self.state.lr = self.config.lr * multiplier
+            _, failure = self.advance(plan.sweep_steps, None, progress)
+            if failure is not None:
+                tried.append({"lr": self.state.lr, "val_loss": None, "failure": failure["message"]})
+                continue
+            loss, cooldown_tokens = self.cooled_loss()
+            extra += cooldown_tokens * fpt
+            tried.append({"lr": self.state.lr, "val_loss": loss, "failure": None})
+            if best is None or loss < best[0]:
+                best = (loss, self._snapshot())
+        # every sweep run but the one continued is spent beside the main run
+        extra += (len(self.config.lr_grid) - 1) * plan.tokens_after(plan.sweep_steps) * fpt
+        if best is not None:
+            self._restore(best[1])
+        self.state.lr_sweep, self.state.extra_flops = tried, self.state.extra_flops + extra
+        if best is None:
+            assert failure is not None, "a sweep with no score has failures"
+            return {"step": failure["step"], "message": f"every learning rate of lr_grid diverged; last: "
+                                                        f"{failure['message']}"}
+        return None
+
+    def _snapshot(self) -> tuple:
+        return (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()),
+                copy.deepcopy(self.state))
+
+    def _restore(self, snapshot: tuple) -> None:
+        model, optimizer, state = snapshot
+        self.model.load_state_dict(model)
+        self.optimizer.load_state_dict(optimizer)
+        self.state = copy.deepcopy(state)
+
+    def advance(self, until: int, rung_callback: RungCallback | None, progress) -> tuple[Status, dict | None]:
+        """Train from ``state.step`` to step ``until``, with the plan's evaluations and rungs."""
+        plan, state = self.plan, self.state
         pending: list[tuple[int, torch.Tensor]] = []
-        while state.step < plan.steps:
+        while state.step < until:
             started = time.perf_counter()
-            loss = self.train_step(state.step, self.config.lr * plan.lr_factor(state.step))
+            loss = self.train_step(state.step, self.peak_lr * plan.lr_factor(state.step))
             self.tokens_this_call += plan.seqs_at(state.step) * plan.seq_len
             state.step += 1
             pending.append((state.step, loss))
-            at_boundary = state.step in plan.eval_steps or state.step in plan.rung_steps or state.step == plan.steps
+            at_boundary = state.step in plan.eval_steps or state.step in plan.rung_steps or state.step == until
             failure = None
             if at_boundary or len(pending) >= SYNC_EVERY or self.device.type == "cpu":
                 failure = self.check_losses(pending, progress)  # reading the losses waits for the GPU
@@ -400,23 +472,30 @@ class Run(_Record):
                 }
         return None
 
-    def rung(self, index: int, callback: RungCallback | None) -> str:
-        """Checkpoint, cool down on a branch, evaluate, restore; ask the callback."""
+    def cooled_loss(self) -> tuple[float, int]:
+        """(validation loss, tokens trained) of a cool-down branched off here: the learning rate
+        decaying linearly to 0 over ``rung_cooldown_frac`` of the steps so far, on the next
+        batches. The model and optimiser are restored after, so the run goes on unchanged."""
         step = self.state.step
-        checkpoint = self._checkpoint_dir() / f"rung-{index}.pt"
         saved_model = copy.deepcopy(self.model.state_dict())
         saved_optimizer = copy.deepcopy(self.optimizer.state_dict())
         cooldown = max(1, round(self.config.rung_cooldown_frac * step))
-        peak = self.config.lr * self.plan.lr_factor(step)
+        peak = self.peak_lr * self.plan.lr_factor(step)
         for i in range(cooldown):
             self.train_step(step + i, peak * (cooldown - i) / cooldown)
         val_loss = self.evaluate()
         self.model.load_state_dict(saved_model)
         self.optimizer.load_state_dict(saved_optimizer)
+        return val_loss, sum(self.plan.seqs_at(step + i) for i in range(cooldown)) * self.plan.seq_len
+
+    def rung(self, index: int, callback: RungCallback | None) -> str:
+        """Checkpoint, cool down on a branch, evaluate, restore; ask the callback."""
+        step = self.state.step
+        checkpoint = self._checkpoint_dir() / f"rung-{index}.pt"
+        val_loss, cooldown_tokens = self.cooled_loss()
         tokens = self.plan.tokens_after(step)
         # the loop reads the pending losses back at every rung boundary, before calling rung
         assert self.state.last_loss is not None, "rung before any training loss was read"
-        cooldown_tokens = sum(self.plan.seqs_at(step + i) for i in range(cooldown)) * self.plan.seq_len
         self.state.extra_flops += cooldown_tokens * self.plan.flops_per_token
         report = RungReport(
             index=index,
@@ -427,6 +506,7 @@ class Run(_Record):
             val_loss=val_loss,
             train_loss=self.state.last_loss,  # read back at the rung boundary
             checkpoint=str(checkpoint),
+            lr=self.peak_lr,
         )
         self.state.rungs.append(asdict(report))
         self.save(checkpoint)  # the restored state plus this report: what resuming continues from
