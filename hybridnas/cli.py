@@ -288,13 +288,19 @@ def launch(
         str | None, typer.Option("--ray-address", help="a running Ray cluster (default: start one here)")
     ] = None,
     trials: Annotated[int | None, typer.Option("--trials", help="the study's total number of trials")] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="KEY=VALUE of the study file, dotted, the value in TOML "
+                     "(e.g. --set budget.flops=1.6e15 --set name=bae-small-4x); repeatable"),
+    ] = None,
 ) -> None:
     """Run a study (or resume it) to its number of trials; print its Pareto set."""
     from hybridnas.studies.launch import launch as run_launch
 
     if trials is not None and trials < 1:
         raise UserError(f"--trials={trials}: must be at least 1")
-    report = run_launch(target, storage=storage, ray_address=ray_address, trials=trials)
+    report = run_launch(target, storage=storage, ray_address=ray_address, trials=trials,
+                        settings=dict(_setting(s) for s in settings or ()))
     t = report.tally
     saved = f"; pruning saved {report.compute_saved:.0%} of the full-budget FLOPs" if t.pruned else ""
     console.print(f"study {report.study} ({report.storage}): {t.done} complete, {t.pruned} pruned, "
@@ -303,6 +309,20 @@ def launch(
         console.print(t.stop_reason)
     names = [o.name for o in report.objectives]
     _print_rows(report.pareto, names, title=f"Pareto set of {report.study} on {', '.join(names)}")
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--set``: the value read as TOML (a number, a list, true, a quoted
+    string), else as the bare string (``--set trainer.corpus=/data/books``)."""
+    import tomllib
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {text}: expected KEY=VALUE, e.g. budget.flops=1.6e15")
+    try:
+        return key.strip(), tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key.strip(), value
 
 
 @app.command()

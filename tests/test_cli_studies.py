@@ -20,6 +20,9 @@ def run_cli(capsys, *args):
         (["launch", "quickstart", "--storage", "mysql://u@h/db"], "error: storage 'mysql://u@h/db'"),
         (["studies", "--storage", "nonsense"], "error: storage 'nonsense'"),
         (["query", "s", "--format", "xml"], "error: --format=xml"),
+        (["launch", "quickstart", "--set", "budget.flops"], "error: --set budget.flops: expected KEY=VALUE"),
+        (["launch", "quickstart", "--set", "budget.flops=-1"], "error: budget.flops=-1: input should be greater"),
+        (["launch", "quickstart", "--set", "budget.flopz=1e9"], "error: unknown key 'budget.flopz'"),
     ],
 )
 def test_bad_study_input_is_one_line(capsys, args, message):

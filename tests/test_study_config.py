@@ -1,5 +1,7 @@
 """StudyConfig: presets load, errors are one line naming the dotted key, overrides apply."""
 
+from pathlib import Path
+
 import pytest
 
 from hybridnas.studies.config import (
@@ -45,8 +47,32 @@ def test_every_preset_loads(name):
 
 
 def test_presets_shipped():
-    expected = {"quickstart", "inter-vs-intra", "ratio-placement", "merge-methods", "moe", "test-tiny"}
+    expected = {"quickstart", "inter-vs-intra", "ratio-placement", "merge-methods", "moe", "test-tiny", "bae-small"}
     assert expected <= set(preset_names())
+
+
+def test_bae_small_trains_each_layout_of_its_findings_once():
+    """Every trial of bae-small is a baseline or an enqueued candidate, all distinct, and
+    they are the layouts benchmarks/bae_findings.py compares (by its labels)."""
+    import importlib.util
+
+    from hybridnas.studies.space import SearchSpace
+    from hybridnas.studies.storage import spec_columns
+
+    config = load_study_config("bae-small")
+    space = SearchSpace(config)
+    space.check_enqueued()
+    specs = [*space.baseline_specs().values(), *(space.spec_from_params(dict(p)) for p in config.enqueue)]
+    params = [{"placement": "even"}] * len(config.baselines) + [dict(p) for p in config.enqueue]
+    assert config.trials == len(specs) == len({s.key for s in specs}) == 13
+    path = Path(__file__).parent.parent / "benchmarks" / "bae_findings.py"
+    module_spec = importlib.util.spec_from_file_location("bae_findings", path)
+    findings = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(findings)
+    labels = {findings.label(spec_columns(s, p)) for s, p in zip(specs, params, strict=True)}
+    compared = {name for _, better, worse in findings.FINDINGS for name in (better, worse)}
+    assert compared <= labels and len(labels) == 13
+    assert config.seeds_per_candidate == 2 and len(config.trainer.lr_grid) > 1
 
 
 def test_quickstart_covers_both_fusions_and_three_merge_ops():

@@ -11,6 +11,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -69,7 +70,9 @@ def _reconcile(study: optuna.Study, store: ResultsStore) -> int:
 
 
 def launch(target: str, *, storage: str | None = None, ray_address: str | None = None, trials: int | None = None,
-           progress: bool = True) -> LaunchReport:
+           progress: bool = True, settings: dict[str, Any] | None = None) -> LaunchReport:
+    """Run the study ``target`` (a preset or a study file) with ``settings`` (dotted keys, as
+    ``load_study_config`` takes them: ``{"budget.flops": 1.6e15, "name": "bae-small-4x"}``)."""
     import ray
     from ray import tune
 
@@ -77,7 +80,8 @@ def launch(target: str, *, storage: str | None = None, ray_address: str | None =
     from hybridnas.studies.space import SearchSpace, make_sampler
     from hybridnas.studies.worker import run_trial
 
-    overrides = {k: v for k, v in {"storage": storage, "trials": trials}.items() if v is not None}
+    given = {"storage": storage, "trials": trials}
+    overrides = {**(settings or {}), **{k: v for k, v in given.items() if v is not None}}
     config = load_study_config(target, **overrides)
     space = SearchSpace(config)
     space.check_enqueued()  # before anything is written
