@@ -41,6 +41,7 @@ from pydantic import (
 )
 
 from hybridnas.errors import UserError, format_validation_error
+from hybridnas.proxies.recall import RecallConfig
 from hybridnas.search_space.errors import SpecError
 from hybridnas.search_space.layout import Placement
 from hybridnas.search_space.spec import ArchSpec
@@ -365,20 +366,24 @@ class BudgetConfig(_Section):
         return rungs
 
 
+_RECALL = RecallConfig()
+
+
 class RecallSettings(_Section):
     """How recall objectives are scored (see :class:`hybridnas.proxies.recall.RecallConfig`):
     the shrunk width and state, the learning-rate grid and steps per task, the tasks the
     "recall" summary averages, and the recall family's sequence length and MQAR pairs."""
 
-    tasks: tuple[RecallTask, ...] = ("mqar", "in_context_recall", "noisy_recall", "selective_copying")
-    d_model: Annotated[int, Field(ge=8)] = 64
-    head_dim: Annotated[int, Field(ge=4)] = 16
-    d_state: Annotated[int, Field(ge=1)] | None = None
-    lrs: tuple[Annotated[float, Field(gt=0)], ...] = (1e-3, 3e-3)
-    steps: Annotated[int, Field(ge=1)] = 600
-    batch_size: Annotated[int, Field(ge=1)] = 32
-    seq_len: Annotated[int, Field(ge=8)] | None = None
-    kv_pairs: Annotated[int, Field(ge=1)] | None = None
+    # the defaults are RecallConfig's (one home, so the study's and the CLI's cannot drift)
+    tasks: tuple[RecallTask, ...] = _RECALL.tasks
+    d_model: Annotated[int, Field(ge=8)] = _RECALL.d_model
+    head_dim: Annotated[int, Field(ge=4)] = _RECALL.head_dim
+    d_state: Annotated[int, Field(ge=1)] | None = _RECALL.d_state
+    lrs: tuple[Annotated[float, Field(gt=0)], ...] = _RECALL.lrs
+    steps: Annotated[int, Field(ge=1)] = _RECALL.steps
+    batch_size: Annotated[int, Field(ge=1)] = _RECALL.batch_size
+    seq_len: Annotated[int, Field(ge=8)] | None = _RECALL.seq_len
+    kv_pairs: Annotated[int, Field(ge=1)] | None = _RECALL.kv_pairs
 
     @model_validator(mode="after")
     def _buildable(self) -> RecallSettings:
