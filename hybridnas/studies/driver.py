@@ -296,7 +296,7 @@ class OptunaBridge(Searcher):
         self.tally.running.discard(trial_id)
         report = report_from_tune(result)
         budget = self.config.budget.flops * self.config.seeds_per_candidate
-        self.tally.flops_full += budget
+        self.tally.flops_full += budget + self._sweep_flops()
         if trial_id in self.scheduler.stopped:
             # the rung that stopped it: Tune hands a stopped trial's last report to
             # on_trial_complete only, never to on_trial_result
@@ -316,6 +316,12 @@ class OptunaBridge(Searcher):
         else:
             self._tell_final(live, report)
         self.on_change()
+
+    def _sweep_flops(self) -> float:
+        """What the first seed's learning-rate sweep adds to a full run: the other rates'
+        share of the budget and every rate's cool-down (as planned; whole steps round it)."""
+        t, k = self.config.trainer, len(self.config.trainer.lr_grid)
+        return (k - 1 + k * t.rung_cooldown_frac) * t.lr_sweep_frac * self.config.budget.flops if k > 1 else 0.0
 
     def _tell_final(self, live: _Live, report: TrialReport) -> None:
         metrics: dict[str, Any] = {**static_values(live.spec, self.refs, self.config.trainer.seq_len),
