@@ -22,12 +22,13 @@ STUDY = "v1-study"
 
 def _v1_copy(database_url: str) -> None:
     """The v1 study copied into the empty database at ``database_url``: Optuna's study by
-    ``optuna.copy_study``, and hybridnas_trials as v1 defined it (today's columns plus seed)."""
+    ``optuna.copy_study``, and hybridnas_trials as v1 defined it (today's columns that the
+    file has, plus seed)."""
     optuna.copy_study(from_study_name=STUDY, from_storage=f"sqlite:///{V1}", to_storage=database_url)
-    v1 = sa.Table(
-        "hybridnas_trials", sa.MetaData(), *(c._copy() for c in TRIALS.columns), sa.Column("seed", sa.Integer)
-    )
     source, target = sa.create_engine(f"sqlite:///{V1}"), sa.create_engine(database_url)
+    present = {c["name"] for c in sa.inspect(source).get_columns("hybridnas_trials")}
+    v1 = sa.Table("hybridnas_trials", sa.MetaData(), *(c._copy() for c in TRIALS.columns if c.name in present),
+                  sa.Column("seed", sa.Integer))
     try:
         v1.create(target)
         with source.connect() as read, target.begin() as write:
