@@ -103,3 +103,9 @@ def stored(tmp_path):
         )
     store.dispose()
     return url
+
+
+@pytest.fixture(scope="module")
+def token_cache(tmp_path_factory):
+    """A token cache shared by one module's training runs (the corpus is tokenized once)."""
+    return str(tmp_path_factory.mktemp("token-cache"))

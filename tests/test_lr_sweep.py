@@ -8,33 +8,19 @@ import optuna
 import pytest
 import ray
 
-from hybridnas import ArchSpec
 from hybridnas.studies.config import StudyConfigError, parse_study_config
 from hybridnas.studies.launch import launch
 from hybridnas.studies.storage import ResultsStore
-from hybridnas.trainer import TrainConfig, make_plan, train
+from hybridnas.trainer import make_plan, train
 from hybridnas.trainer.config import ConfigError
 from study_files import tiny_preset
+from tiny_training import BUDGET, TINY, config
 
-TINY = ArchSpec.from_pattern(
-    "M-*-", d_model=64, vocab_size=257, attn={"n_heads": 4}, ssm={"d_state": 16, "head_dim": 16, "chunk_size": 32}
-)
-BUDGET = 4e10  # about 40 steps of 1024 tokens
 GRID = (0.25, 1.0, 4.0)
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("token-cache"))
-
-
-def config(cache, **overrides):
-    base = {"tokenizer": "bytes", "seq_len": 64, "batch_tokens": 1024, "cache_dir": cache, "progress": False}
-    return TrainConfig(**{**base, **overrides})
-
-
-def test_the_sweep_continues_the_best_rate_as_if_it_had_trained_alone(cache):
-    swept = train(TINY, BUDGET, config(cache, lr_grid=GRID, lr_sweep_frac=0.2))
+def test_the_sweep_continues_the_best_rate_as_if_it_had_trained_alone(token_cache):
+    swept = train(TINY, BUDGET, config(token_cache, lr_grid=GRID, lr_sweep_frac=0.2))
     assert swept.status == "complete"
     tried = swept.lr_sweep
     assert [t["lr"] for t in tried] == [pytest.approx(3e-3 * m) for m in GRID]
@@ -42,35 +28,35 @@ def test_the_sweep_continues_the_best_rate_as_if_it_had_trained_alone(cache):
     assert swept.lr == best["lr"] and all(math.isfinite(t["val_loss"]) for t in tried)
     assert len({t["val_loss"] for t in tried}) == len(GRID)  # the rates did train differently
 
-    alone = train(TINY, BUDGET, config(cache, lr=swept.lr))
+    alone = train(TINY, BUDGET, config(token_cache, lr=swept.lr))
     assert swept.val_curve == alone.val_curve and swept.train_curve == alone.train_curve
     assert swept.flops == alone.flops and swept.lr == alone.lr
 
     # the other rates' sweep steps and every cool-down are spent beside the main run
-    plan = make_plan(TINY, BUDGET, config(cache, lr_grid=GRID, lr_sweep_frac=0.2))
+    plan = make_plan(TINY, BUDGET, config(token_cache, lr_grid=GRID, lr_sweep_frac=0.2))
     losers = (len(GRID) - 1) * plan.tokens_after(plan.sweep_steps) * plan.flops_per_token
     cooldown = max(1, round(0.1 * plan.sweep_steps)) * plan.batch_seqs * plan.seq_len * plan.flops_per_token
     assert swept.extra_flops == pytest.approx(losers + len(GRID) * cooldown)
 
 
-def test_a_rung_reports_the_chosen_rate_and_resuming_keeps_it(cache, tmp_path):
+def test_a_rung_reports_the_chosen_rate_and_resuming_keeps_it(token_cache, tmp_path):
     settings = {"lr_grid": GRID, "lr_sweep_frac": 0.2, "rungs": (0.5,)}
-    full = train(TINY, BUDGET, config(cache, **settings, out_dir=str(tmp_path / "a")))
+    full = train(TINY, BUDGET, config(token_cache, **settings, out_dir=str(tmp_path / "a")))
     seen = []
-    stopped = train(TINY, BUDGET, config(cache, **settings, out_dir=str(tmp_path / "b")),
+    stopped = train(TINY, BUDGET, config(token_cache, **settings, out_dir=str(tmp_path / "b")),
                     rung_callback=lambda report: seen.append(report) or "stop")
     assert stopped.status == "stopped" and seen[0].lr == full.lr == stopped.lr
-    resumed = train(TINY, BUDGET, config(cache, **settings, out_dir=str(tmp_path / "b")),
+    resumed = train(TINY, BUDGET, config(token_cache, **settings, out_dir=str(tmp_path / "b")),
                     resume_from=stopped.checkpoint)
     assert resumed.lr_sweep == full.lr_sweep  # chosen once, not swept again
     assert resumed.val_curve == full.val_curve
 
 
-def test_a_rate_that_diverges_loses_and_all_diverging_is_a_result(cache):
-    one_diverges = train(TINY, BUDGET, config(cache, lr_grid=(1.0, 1e4), lr_sweep_frac=0.3, grad_clip=None))
+def test_a_rate_that_diverges_loses_and_all_diverging_is_a_result(token_cache):
+    one_diverges = train(TINY, BUDGET, config(token_cache, lr_grid=(1.0, 1e4), lr_sweep_frac=0.3, grad_clip=None))
     assert one_diverges.status == "complete" and one_diverges.lr == pytest.approx(3e-3)
     assert one_diverges.lr_sweep[1]["failure"] and one_diverges.lr_sweep[1]["val_loss"] is None
-    every = train(TINY, BUDGET, config(cache, lr=30.0, lr_grid=(1.0, 2.0), lr_sweep_frac=0.3, grad_clip=None))
+    every = train(TINY, BUDGET, config(token_cache, lr=30.0, lr_grid=(1.0, 2.0), lr_sweep_frac=0.3, grad_clip=None))
     assert every.status == "diverged" and every.failure["message"].startswith("every learning rate of lr_grid")
     assert len(every.lr_sweep) == 2 and every.extra_flops > 0
 
@@ -84,9 +70,9 @@ def test_a_rate_that_diverges_loses_and_all_diverging_is_a_result(cache):
         ({"lr_grid": (0.0, 1.0)}, "lr_grid"),
     ],
 )
-def test_bad_sweep_settings_name_the_field(cache, settings, message):
+def test_bad_sweep_settings_name_the_field(token_cache, settings, message):
     with pytest.raises(ConfigError, match=message):
-        config(cache, **settings)
+        config(token_cache, **settings)
 
 
 def test_a_study_refuses_a_sweep_past_its_first_rung():
