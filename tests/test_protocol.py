@@ -48,6 +48,13 @@ def test_request_round_trips_through_json(config, tmp_path):
     assert request_from_tune(carried) == request
 
 
+def test_the_shallow_recall_proxy_settings_reach_the_worker(tmp_path):
+    config = load_study_config("test-tiny", objectives=OBJECTIVES, recall={"ffn": False, "max_run": 2})
+    request = TrialRequest.for_study(config, 0, ArchSpec.from_pattern("M-M-M-*-", d_model=32), tmp_path)
+    assert (request.recall.ffn, request.recall.max_run) == (False, 2)
+    assert request_from_tune(json.loads(json.dumps(request_to_tune(request)))).recall == request.recall
+
+
 def test_a_study_without_proxies_asks_for_none(tmp_path):
     request = TrialRequest.for_study(load_study_config("test-tiny"), 0, ArchSpec.from_pattern("M-", d_model=32),
                                      tmp_path)

@@ -9,7 +9,8 @@ import pytest
 
 from hybridnas import ArchSpec
 from hybridnas.cli import main
-from hybridnas.proxies.recall import RecallConfig, gpu_share, reduced_spec, score_recall
+from hybridnas.proxies import synthetic
+from hybridnas.proxies.recall import RecallConfig, gpu_share, recall_pattern, reduced_spec, score_recall, train_task
 from study_files import run_study, tiny_preset
 
 # MQAR at sequence 64 with 4 pairs (Zoology's smallest setting) on a 128-token vocabulary,
@@ -41,9 +42,43 @@ def test_reduced_spec_keeps_the_layout_and_its_choices():
 
 
 @pytest.mark.parametrize(
+    ("pattern", "ffn", "max_run", "expected"),
+    [
+        ("M-M-M-M-*-M-M-M-M-*-M-M-M-", False, 2, "MM*MM*MM"),  # Bae et al.'s inter 1:5
+        ("M-M-M-M-*-M-M-M-M-*-M-M-M-", False, 1, "M*M*M"),
+        ("*-M-M-M-M-M-", False, 2, "*MM"),  # attention first stays first
+        ("M-M-M-M-M-*-", True, 2, "M-M-*-"),  # attention last stays last, with its FFN
+        ("M-ME*-*-*-W-", True, 2, "M-ME*-*-W-"),  # a run's FFNs go with its mixers; W is its own kind
+        ("MMHMMHMM", False, None, "MMHMMHMM"),  # None keeps the full depth
+    ],
+)
+def test_the_recall_pattern_keeps_which_mixers_meet_and_where_attention_sits(pattern, ffn, max_run, expected):
+    assert recall_pattern(pattern, ffn=ffn, max_run=max_run) == expected
+
+
+def test_a_shallow_proxy_of_an_intra_hybrid_builds_with_wide_heads():
+    spec = ArchSpec.from_pattern("M-M-M-H-M-M-M-H-M-", d_model=512, hybrid={"merge": "merge_attention"})
+    small = reduced_spec(spec, RecallConfig(head_dim=32, ffn=False, max_run=2), vocab_size=64)
+    assert small.pattern == "MMHMMHM" and small.attn.head_dim == 32 and small.hybrid.merge == "merge_attention"
+
+
+def test_a_run_records_its_curve_and_stops_once_learned():
+    config = RecallConfig(tasks=("compression",), steps=40, eval_every=10, lrs=(3e-3,), stop_at=0.01,
+                          task_overrides={"compression": {"n_train": 200, "n_test": 50}})
+    settings = config.settings("compression")
+    small = reduced_spec(ArchSpec.from_pattern("M*", d_model=64), config, settings.vocab_size)
+    run = train_task(small, synthetic.make_task(settings), 3e-3, config)
+    assert run["steps"] == 10 and run["curve"] == [[10, pytest.approx(run["accuracy"], abs=1e-4)]]
+    full = train_task(small, synthetic.make_task(settings), 3e-3, RecallConfig(**{**config.__dict__, "stop_at": 1.0}))
+    assert [step for step, _ in full["curve"]] == [10, 20, 30, 40]
+
+
+@pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"tasks": ("nope",)}, "tasks: nope: expected some of mqar"),
+        ({"max_run": 0}, "max_run=0: must be at least 1"),
+        ({"stop_at": 0.0}, "stop_at=0.0: must be in (0, 1]"),
         ({"d_model": 60}, "d_model=60: must be a multiple of head_dim=16"),
         ({"lrs": ()}, "lrs=[]: need at least one"),
         ({"steps": 0}, "steps=0: must be at least 1"),

@@ -22,6 +22,7 @@ after another.
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -47,10 +48,13 @@ class RecallConfig:
     d_model: int = 64  # the reduced width (MAD: 128; Zoology sweeps 64-512)
     head_dim: int = 16  # attention and SSM heads of this width: d_model / head_dim heads
     d_state: int | None = None  # SSM state; None: the candidate's, scaled with the width
+    ffn: bool = True  # keep the FFN/MoE layers (False: Zoology's MQAR models have none)
+    max_run: int | None = None  # longest run of one mixer kind kept; None: the full depth
     lrs: tuple[float, ...] = (1e-3, 3e-3)  # Zoology and MAD sweep a log grid
     steps: int = 600
     batch_size: int = 32
     eval_every: int = 100
+    stop_at: float = 1.0  # a run stops at this held-out accuracy: the task is learned
     seq_len: int | None = None  # overrides for the recall family (mqar, *_recall)
     kv_pairs: int | None = None
     task_overrides: dict[str, dict] = field(default_factory=dict)  # {"mqar": {"vocab_size": 256}}
@@ -70,6 +74,10 @@ class RecallConfig:
             raise TaskSettingsError(f"d_model={self.d_model}: must be a multiple of head_dim={self.head_dim}")
         if not self.lrs or any(lr <= 0 for lr in self.lrs):
             raise TaskSettingsError(f"lrs={list(self.lrs)}: need at least one positive learning rate")
+        if self.max_run is not None and self.max_run < 1:
+            raise TaskSettingsError(f"max_run={self.max_run}: must be at least 1 (or None for the full depth)")
+        if not 0 < self.stop_at <= 1:
+            raise TaskSettingsError(f"stop_at={self.stop_at}: must be in (0, 1]")
         if self.d_state is not None and self.d_state < 1:
             raise TaskSettingsError(f"d_state={self.d_state}: must be at least 1")
 
@@ -93,12 +101,27 @@ class RecallReport:
 
     tasks: dict[str, float]
     score: float
-    runs: list[dict]  # [{"task", "lr", "accuracy", "loss", "steps"}]
+    runs: list[dict]  # [{"task", "lr", "accuracy", "loss", "steps", "curve": [[step, accuracy], ...]}]
     spec: dict  # the reduced spec of the first task (its vocabulary differs per task)
     wall_s: float
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def recall_pattern(pattern: str, *, ffn: bool, max_run: int | None) -> str:
+    """The layout the proxy trains: ``pattern`` without its FFN/MoE layers unless ``ffn``,
+    and each run of more than ``max_run`` consecutive mixers of one kind cut to ``max_run``
+    (a run's FFNs go with its mixers). Which kinds meet, and where attention sits (first,
+    spread, last), are kept; ``recall_pattern("M-M-M-M-*-M-M-M-M-*-M-M-M-", ffn=False,
+    max_run=2)`` is ``"MM*MM*MM"``."""
+    layers = re.findall(r"[M*WH][-E]*", pattern)  # a mixer and the FFNs that follow it
+    kept, run = [], 0
+    for i, layer in enumerate(layers):
+        run = run + 1 if i and layer[0] == layers[i - 1][0] else 1
+        if max_run is None or run <= max_run:
+            kept.append(layer if ffn else layer[0])
+    return "".join(kept)
 
 
 def reduced_spec(spec: ArchSpec, config: RecallConfig, vocab_size: int) -> ArchSpec:
@@ -117,7 +140,7 @@ def reduced_spec(spec: ArchSpec, config: RecallConfig, vocab_size: int) -> ArchS
         "hybrid": spec.hybrid.model_dump(),
         "moe": {k: v for k, v in spec.moe.model_dump().items() if k != "d_expert"},
     }
-    return ArchSpec.from_pattern(spec.pattern, **fields)
+    return ArchSpec.from_pattern(recall_pattern(spec.pattern, ffn=config.ffn, max_run=config.max_run), **fields)
 
 
 def _device(config: RecallConfig) -> torch.device:
@@ -128,8 +151,8 @@ def _device(config: RecallConfig) -> torch.device:
 
 def train_task(spec: ArchSpec, data: synthetic.TaskData, lr: float, config: RecallConfig) -> dict:
     """Train a fresh model of ``spec`` on ``data`` at ``lr``; {"accuracy": best held-out
-    accuracy over the evaluations, "loss": its answer loss, "steps": steps run}. Stops early
-    at perfect accuracy."""
+    accuracy over the evaluations, "loss": its answer loss, "steps": the step it was reached at,
+    "curve": [[step, accuracy], ...] at every evaluation}. Stops early at ``config.stop_at``."""
     from hybridnas.model import HybridLM
 
     device = _device(config)
@@ -140,7 +163,7 @@ def train_task(spec: ArchSpec, data: synthetic.TaskData, lr: float, config: Reca
         1 + math.cos(math.pi * min(1.0, step / config.steps))))
     generator = torch.Generator().manual_seed(config.seed)
     inputs, targets = data.train_inputs, data.train_targets
-    best = {"accuracy": 0.0, "loss": math.inf, "steps": 0}
+    best: dict = {"accuracy": 0.0, "loss": math.inf, "steps": 0, "curve": []}
     for step in range(1, config.steps + 1):
         model.train()
         rows = torch.randint(0, len(inputs), (config.batch_size,), generator=generator)
@@ -153,9 +176,10 @@ def train_task(spec: ArchSpec, data: synthetic.TaskData, lr: float, config: Reca
         model.update_moe_balance()
         if step % config.eval_every == 0 or step == config.steps:
             accuracy, test_loss = _evaluate(model, data, device)
+            best["curve"].append([step, round(accuracy, 4)])
             if accuracy > best["accuracy"] or best["steps"] == 0:
-                best = {"accuracy": accuracy, "loss": test_loss, "steps": step}
-            if accuracy >= 1.0:
+                best.update(accuracy=accuracy, loss=test_loss, steps=step)
+            if accuracy >= config.stop_at:
                 break
     return best
 

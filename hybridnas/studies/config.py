@@ -379,6 +379,8 @@ class RecallSettings(_Section):
     d_model: Annotated[int, Field(ge=8)] = _RECALL.d_model
     head_dim: Annotated[int, Field(ge=4)] = _RECALL.head_dim
     d_state: Annotated[int, Field(ge=1)] | None = _RECALL.d_state
+    ffn: bool = _RECALL.ffn
+    max_run: Annotated[int, Field(ge=1)] | None = _RECALL.max_run
     lrs: tuple[Annotated[float, Field(gt=0)], ...] = _RECALL.lrs
     steps: Annotated[int, Field(ge=1)] = _RECALL.steps
     batch_size: Annotated[int, Field(ge=1)] = _RECALL.batch_size
