@@ -7,6 +7,8 @@ frontier. So a candidate is also scored on MQAR and the MAD tasks
 
 - the candidate's own pattern at reduced width (:func:`reduced_spec`: d_model, heads and
   state scaled down; merge, window, MoE and fusion choices kept), with the task's vocabulary;
+  on demand at reduced depth too (:func:`recall_pattern`: the mixers only, each run of one
+  kind cut short), since a 26-layer candidate costs seconds per CPU step even at width 64;
 - per task, a short training run (``steps`` AdamW steps of ``batch_size`` sequences, warm-up
   then cosine decay, loss at answer positions only) for each learning rate of a small grid,
   since short-training rankings flip with the learning rate; each run keeps its best
