@@ -50,6 +50,8 @@ def test_reduced_spec_keeps_the_layout_and_its_choices():
         ("M-M-M-M-M-*-", True, 2, "M-M-*-"),  # attention last stays last, with its FFN
         ("M-ME*-*-*-W-", True, 2, "M-ME*-*-W-"),  # a run's FFNs go with its mixers; W is its own kind
         ("MMHMMHMM", False, None, "MMHMMHMM"),  # None keeps the full depth
+        ("-M-M-*E", True, None, "-M-M-*E"),  # with both off, the candidate's own pattern
+        ("-M-M-*E", False, 1, "M*"),
     ],
 )
 def test_the_recall_pattern_keeps_which_mixers_meet_and_where_attention_sits(pattern, ffn, max_run, expected):

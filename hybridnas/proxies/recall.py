@@ -117,8 +117,9 @@ def recall_pattern(pattern: str, *, ffn: bool, max_run: int | None) -> str:
     (a run's FFNs go with its mixers). Which kinds meet, and where attention sits (first,
     spread, last), are kept; ``recall_pattern("M-M-M-M-*-M-M-M-M-*-M-M-M-", ffn=False,
     max_run=2)`` is ``"MM*MM*MM"``."""
+    lead = pattern[: len(pattern) - len(pattern.lstrip("-E"))]  # FFNs before the first mixer
     layers = re.findall(r"[M*WH][-E]*", pattern)  # a mixer and the FFNs that follow it
-    kept, run = [], 0
+    kept, run = [lead] if ffn else [], 0
     for i, layer in enumerate(layers):
         run = run + 1 if i and layer[0] == layers[i - 1][0] else 1
         if max_run is None or run <= max_run:
