@@ -7,7 +7,7 @@ mqar, ``M-M-`` at d_state 4 <= 0.5, both 1:5 hybrids >= 0.8, pure Mamba-2 below 
 hybrids on the summary.
 
     python benchmarks/recall.py [--layouts '*-*-,M-M-@4,bae-inter-1:5,...'] [--sequential]
-                                [--set steps=3000 --set lrs=1e-3,3e-3] [--json out.json]
+                                [--set steps=3000 --set 'lrs=[1e-3, 3e-3]'] [--json out.json]
 
 ``NAME@N`` scores NAME at d_state N. Without ``--sequential`` the tasks of a layout run as
 Ray tasks (one CPU each, or a share of the GPU).
@@ -19,41 +19,36 @@ import argparse
 import dataclasses
 import json
 import platform
+import sys
 import time
 
 import torch
 
-from hybridnas.proxies.recall import RecallConfig, reduced_spec, score_recall
+from hybridnas.cli import _setting
+from hybridnas.errors import UserError
+from hybridnas.proxies.recall import RecallConfig, score_recall
 from hybridnas.search_space.load import load_spec
 
 CALIBRATION = "*-*-,M-M-@4,bae-inter-1:5,bae-intra-1:5,mamba2-1b"
 
 
-def _value(text: str) -> object:
-    """'3000' -> 3000, '1e-3,3e-3' -> (0.001, 0.003), 'mqar' -> ('mqar',) for tuple fields."""
-    parts = [p.strip() for p in text.split(",")]
-    def one(p: str) -> object:
-        for kind in (int, float):
-            try:
-                return kind(p)
-            except ValueError:
-                pass
-        return {"true": True, "false": False, "none": None}.get(p.lower(), p)
-    return tuple(one(p) for p in parts) if len(parts) > 1 else one(parts[0])
-
-
 def config_from(sets: list[str]) -> RecallConfig:
+    """``RecallConfig()`` with each ``FIELD=VALUE`` read as ``launch --set`` reads it (TOML,
+    else the bare string); a bare value for a tuple field becomes a tuple of one."""
     fields = {f.name: f for f in dataclasses.fields(RecallConfig)}
     changes: dict[str, object] = {}
-    for item in sets:
-        key, _, text = item.partition("=")
-        if key not in fields or fields[key].type.startswith("dict"):
-            raise SystemExit(f"error: --set {item}: {key!r} is not a scalar or list field of RecallConfig")
-        value = _value(text)
-        if fields[key].type.startswith("tuple") and not isinstance(value, tuple):
-            value = (value,)
-        changes[key] = value
-    return RecallConfig(**changes)
+    try:
+        for item in sets:
+            key, value = _setting(item)
+            if key not in fields or fields[key].type.startswith("dict"):
+                raise UserError(f"--set {item}: {key!r} is not a scalar or list field of RecallConfig")
+            if fields[key].type.startswith("tuple"):
+                value = tuple(value) if isinstance(value, list) else (value,)
+            changes[key] = value
+        return RecallConfig(**changes)
+    except UserError as exc:  # one line and exit 2, as the CLI answers bad input
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main() -> None:
@@ -73,7 +68,7 @@ def main() -> None:
         spec = load_spec(name)
         started = time.perf_counter()
         report = score_recall(spec, config, parallel=not args.sequential)
-        shrunk = reduced_spec(spec, config, 64).pattern
+        shrunk = report.spec["pattern"]
         best = {t: max((r for r in report.runs if r["task"] == t), key=lambda r: r["accuracy"]) for t in report.tasks}
         cells = "  ".join(f"{t} {a:.3f} (lr {best[t]['lr']:g}, step {best[t]['steps']})"
                           for t, a in report.tasks.items())

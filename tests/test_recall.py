@@ -1,6 +1,7 @@
 """The recall protocol: shrunk layouts, the MQAR gap between attention and a small-state
 Mamba-2, parallel tasks on Ray, recall objectives in a study, and `hybridnas proxy recall`."""
 
+import dataclasses
 import json
 import re
 
@@ -71,7 +72,7 @@ def test_a_run_records_its_curve_and_stops_once_learned():
     small = reduced_spec(ArchSpec.from_pattern("M*", d_model=64), config, settings.vocab_size)
     run = train_task(small, synthetic.make_task(settings), 3e-3, config)
     assert run["steps"] == 10 and run["curve"] == [[10, pytest.approx(run["accuracy"], abs=1e-4)]]
-    full = train_task(small, synthetic.make_task(settings), 3e-3, RecallConfig(**{**config.__dict__, "stop_at": 1.0}))
+    full = train_task(small, synthetic.make_task(settings), 3e-3, dataclasses.replace(config, stop_at=1.0))
     assert [step for step, _ in full["curve"]] == [10, 20, 30, 40]
 
 

@@ -33,6 +33,7 @@ import torch
 from hybridnas.proxies import synthetic
 from hybridnas.proxies.synthetic import TaskSettingsError
 from hybridnas.search_space import ArchSpec
+from hybridnas.search_space.pattern import FFN_SYMBOLS, MIXER_SYMBOLS
 
 __all__ = ["RecallConfig", "RecallReport", "RECALL_TASKS", "gpu_share", "reduced_spec", "score_recall", "train_task"]
 
@@ -117,8 +118,10 @@ def recall_pattern(pattern: str, *, ffn: bool, max_run: int | None) -> str:
     (a run's FFNs go with its mixers). Which kinds meet, and where attention sits (first,
     spread, last), are kept; ``recall_pattern("M-M-M-M-*-M-M-M-M-*-M-M-M-", ffn=False,
     max_run=2)`` is ``"MM*MM*MM"``."""
-    lead = pattern[: len(pattern) - len(pattern.lstrip("-E"))]  # FFNs before the first mixer
-    layers = re.findall(r"[M*WH][-E]*", pattern)  # a mixer and the FFNs that follow it
+    ffns = "".join(sorted(FFN_SYMBOLS))
+    lead = pattern[: len(pattern) - len(pattern.lstrip(ffns))]  # FFNs before the first mixer
+    # each layer: a mixer and the FFNs that follow it
+    layers = re.findall(f"[{re.escape(''.join(sorted(MIXER_SYMBOLS)))}][{re.escape(ffns)}]*", pattern)
     kept, run = [lead] if ffn else [], 0
     for i, layer in enumerate(layers):
         run = run + 1 if i and layer[0] == layers[i - 1][0] else 1
