@@ -7,9 +7,10 @@ whole curve included)::
 
     {"layout": "bae-intra-1:5", "task": "mqar", "lr": 0.003, "steps": 1500, "batch": 32,
      "hd": 32, "d_model": 64, "max_run": 2, "ffn": false, "d_state": null,
-     "over": {"vocab_size": 64, "seq_len": 64, "num_kv_pairs": 4}}
+     "over": {"vocab_size": 64, "seq_len": 64, "num_kv_pairs": 4}, "seed": 0, "graph": true}
 
-``over`` changes the task's settings (``hybridnas.proxies.synthetic``); n_train is set to
+``seed`` seeds the data, the model and the rows drawn; ``graph: false`` keeps a GPU run
+eager (no CUDA graph). ``over`` changes the task's settings (``hybridnas.proxies.synthetic``); n_train is set to
 steps x batch, so almost every row is fresh. Run shards in parallel processes (each stops
 starting new runs after ``--seconds``):
 
@@ -34,14 +35,15 @@ def run(line: dict) -> dict:
         tasks=(line["task"],), d_model=line.get("d_model", 64), head_dim=line.get("hd", 16),
         d_state=line.get("d_state"), ffn=line.get("ffn", False), max_run=line.get("max_run", 2),
         steps=line["steps"], batch_size=batch, eval_every=line.get("eval_every", 100), lrs=(line["lr"],),
-        task_overrides={line["task"]: {**line.get("over", {}), "n_train": line["steps"] * batch}})
+        task_overrides={line["task"]: {**line.get("over", {}), "n_train": line["steps"] * batch}},
+        seed=line.get("seed", 0), weight_decay=line.get("wd", 0.1), stop_at=line.get("stop", 1.0))
     settings = config.settings(line["task"])
     data = synthetic.make_task(settings, seed=line.get("seed", 0))
     small = recall.reduced_spec(load_spec(line["layout"]), config, settings.vocab_size)
     started = time.perf_counter()
-    result = recall.train_task(small, data, line["lr"], config)
+    result = recall.train_task(small, data, line["lr"], config, cuda_graph=line.get("graph", True))
     return {**line, "pattern": small.pattern, "accuracy": result["accuracy"], "at": result["steps"],
-            "curve": result["curve"], "wall_s": round(time.perf_counter() - started, 1)}
+            "curve": result["curve"], "graphed": result["graphed"], "wall_s": round(time.perf_counter() - started, 1)}
 
 
 def main() -> None:

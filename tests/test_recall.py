@@ -74,6 +74,7 @@ def test_a_run_records_its_curve_and_stops_once_learned():
     assert run["steps"] == 10 and run["curve"] == [[10, pytest.approx(run["accuracy"], abs=1e-4)]]
     full = train_task(small, synthetic.make_task(settings), 3e-3, dataclasses.replace(config, stop_at=1.0))
     assert [step for step, _ in full["curve"]] == [10, 20, 30, 40]
+    assert not run["graphed"] and not full["graphed"]  # CUDA graphs are for GPU steps only
 
 
 @pytest.mark.parametrize(
@@ -82,6 +83,7 @@ def test_a_run_records_its_curve_and_stops_once_learned():
         ({"tasks": ("nope",)}, "tasks: nope: expected some of mqar"),
         ({"max_run": 0}, "max_run=0: must be at least 1"),
         ({"stop_at": 0.0}, "stop_at=0.0: must be in (0, 1]"),
+        ({"weight_decay": -0.1}, "weight_decay=-0.1: must be in [0, 1)"),
         ({"d_model": 60}, "d_model=60: must be a multiple of head_dim=16"),
         ({"lrs": ()}, "lrs=[]: need at least one"),
         ({"steps": 0}, "steps=0: must be at least 1"),

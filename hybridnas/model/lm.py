@@ -185,6 +185,11 @@ class HybridLM(nn.Module):
         """The scalar to backpropagate: cross-entropy plus MoE auxiliary loss."""
         return self.losses(tokens, targets).total
 
+    @property
+    def has_moe(self) -> bool:
+        """Whether any layer routes tokens to experts (data-dependent shapes: no CUDA graphs)."""
+        return any(isinstance(module, MoE) for module in self.modules())
+
     def update_moe_balance(self, rate: float = 1e-3) -> None:
         """After each optimiser step: aux-loss-free MoE bias update (no-op without such layers)."""
         for module in self.modules():

@@ -26,9 +26,11 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from hybridnas.proxies import synthetic
 from hybridnas.proxies.synthetic import TaskSettingsError
@@ -54,6 +56,7 @@ class RecallConfig:
     ffn: bool = True  # keep the FFN/MoE layers (False: Zoology's MQAR models have none)
     max_run: int | None = None  # longest run of one mixer kind kept; None: the full depth
     lrs: tuple[float, ...] = (1e-3, 3e-3)  # Zoology and MAD sweep a log grid
+    weight_decay: float = 0.1  # AdamW's, as Zoology's
     steps: int = 600
     batch_size: int = 32
     eval_every: int = 100
@@ -79,6 +82,8 @@ class RecallConfig:
             raise TaskSettingsError(f"lrs={list(self.lrs)}: need at least one positive learning rate")
         if self.max_run is not None and self.max_run < 1:
             raise TaskSettingsError(f"max_run={self.max_run}: must be at least 1 (or None for the full depth)")
+        if not 0 <= self.weight_decay < 1:
+            raise TaskSettingsError(f"weight_decay={self.weight_decay}: must be in [0, 1)")
         if not 0 < self.stop_at <= 1:
             raise TaskSettingsError(f"stop_at={self.stop_at}: must be in (0, 1]")
         if self.d_state is not None and self.d_state < 1:
@@ -155,39 +160,102 @@ def _device(config: RecallConfig) -> torch.device:
     return torch.device(config.device)
 
 
-def train_task(spec: ArchSpec, data: synthetic.TaskData, lr: float, config: RecallConfig) -> dict:
+def train_task(spec: ArchSpec, data: synthetic.TaskData, lr: float, config: RecallConfig, *,
+               cuda_graph: bool = True) -> dict:
     """Train a fresh model of ``spec`` on ``data`` at ``lr``; {"accuracy": best held-out
     accuracy over the evaluations, "loss": its answer loss, "steps": the step it was reached at,
-    "curve": [[step, accuracy], ...] at every evaluation}. Stops early at ``config.stop_at``."""
+    "curve": [[step, accuracy], ...] at every evaluation, "graphed": whether the steps ran as
+    a CUDA graph}. Stops early at ``config.stop_at``.
+
+    On a GPU these steps are launch-bound (a d_model-64 step is a few hundred tiny kernels),
+    so after a few eager warm-up steps the whole step (forward, backward, clipping, AdamW) is
+    captured once as a CUDA graph and replayed; the rows each step trains on are the same
+    either way. Layouts with MoE layers stay eager (their routing has data-dependent shapes),
+    as does a step the capture refuses (``"graphed": false``)."""
     from hybridnas.model import HybridLM
 
     device = _device(config)
     model = HybridLM(spec, seed=config.seed).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.1)
+    graphed = cuda_graph and device.type == "cuda" and not model.has_moe
+    # a capturable AdamW keeps its step count on the GPU and takes the rate as a GPU tensor,
+    # so the schedule below updates it in place and the replayed graph sees each new value
+    rate = torch.tensor(lr, device=device) if graphed else lr
+    optimizer = torch.optim.AdamW(model.parameters(), lr=rate, betas=(0.9, 0.98), weight_decay=config.weight_decay,
+                                  capturable=graphed)
     warmup = max(1, config.steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, step / config.steps))))
     generator = torch.Generator().manual_seed(config.seed)
-    inputs, targets = data.train_inputs, data.train_targets
-    best: dict = {"accuracy": 0.0, "loss": math.inf, "steps": 0, "curve": []}
-    for step in range(1, config.steps + 1):
-        model.train()
-        rows = torch.randint(0, len(inputs), (config.batch_size,), generator=generator)
-        loss, _ = synthetic.answer_metrics(model(inputs[rows].to(device)), targets[rows].to(device))
+    all_rows = torch.randint(0, len(data.train_inputs), (config.steps, config.batch_size), generator=generator)
+    inputs, targets, all_rows = data.train_inputs.to(device), data.train_targets.to(device), all_rows.to(device)
+    x, y = inputs[all_rows[0]], targets[all_rows[0]]  # the step's batch, refilled in place
+
+    def step() -> None:
+        logits = model(x)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=synthetic.IGNORE)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+
+    graph = None
+    best: dict = {"accuracy": 0.0, "loss": math.inf, "steps": 0, "curve": [], "graphed": False}
+    for i in range(config.steps):
+        model.train()
+        x.copy_(inputs[all_rows[i]])
+        y.copy_(targets[all_rows[i]])
+        if graph is not None:
+            graph.replay()
+        elif graphed and i == _GRAPH_WARMUP:
+            graph = _capture(step, optimizer)
+            best["graphed"] = graph is not None
+            if graph is None:
+                optimizer.zero_grad(set_to_none=True)
+                graphed = False
+                step()
+            else:
+                graph.replay()
+        else:
+            _on_side_stream(step) if graphed else step()
+            optimizer.zero_grad(set_to_none=True)
         schedule.step()
         model.update_moe_balance()
-        if step % config.eval_every == 0 or step == config.steps:
+        done = i + 1
+        if done % config.eval_every == 0 or done == config.steps:
             accuracy, test_loss = _evaluate(model, data, device)
-            best["curve"].append([step, round(accuracy, 4)])
+            best["curve"].append([done, round(accuracy, 4)])
             if accuracy > best["accuracy"] or best["steps"] == 0:
-                best.update(accuracy=accuracy, loss=test_loss, steps=step)
+                best.update(accuracy=accuracy, loss=test_loss, steps=done)
             if accuracy >= config.stop_at:
                 break
     return best
+
+
+_GRAPH_WARMUP = 3  # eager steps before the capture: Triton autotuning and cuBLAS workspaces settle
+
+
+def _on_side_stream(step: Callable[[], None]) -> None:
+    """Run ``step`` on a side stream, as CUDA-graph warm-up must (PyTorch's "whole network
+    capture" recipe), and make the default stream wait for it."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+
+
+def _capture(step: Callable[[], None], optimizer: torch.optim.Optimizer) -> torch.cuda.CUDAGraph | None:
+    """``step`` captured as a CUDA graph (not run), or None where capture fails. Gradients
+    are set to None first, so the captured backward allocates them in the graph's pool and
+    every replay overwrites rather than accumulates them."""
+    optimizer.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            step()
+    except RuntimeError:  # an op that syncs with the host or allocates by data: stay eager
+        torch.cuda.synchronize()
+        return None
+    return graph
 
 
 @torch.no_grad()
