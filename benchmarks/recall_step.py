@@ -25,17 +25,11 @@ import platform
 import time
 
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from hybridnas.model import HybridLM
 from hybridnas.proxies import recall, synthetic
 from hybridnas.search_space.load import load_spec
-
-
-def answer_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """synthetic.answer_metrics' loss without its accuracy (``.item()`` cannot be vmapped)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=synthetic.IGNORE)
 
 
 def sync(device: torch.device) -> None:
@@ -59,7 +53,7 @@ def eager(models, x, y, args, device) -> str:
 
     def step() -> None:
         for model, optimizer in zip(models, optimizers, strict=True):
-            answer_loss(model(x), y).backward()
+            synthetic.answer_loss(model(x), y).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -69,12 +63,12 @@ def eager(models, x, y, args, device) -> str:
 def vmapped(models, x, y, args, device) -> str:
     params, buffers = stack_module_state(models)  # fresh copies: [grid, ...] per tensor
     skeleton = copy.deepcopy(models[0]).to("meta")
-    grads_of = vmap(grad(lambda p, b: answer_loss(functional_call(skeleton, (p, b), (x,)), y)))
+    grads_of = vmap(grad(lambda p, b: synthetic.answer_loss(functional_call(skeleton, (p, b), (x,)), y)))
     stacked = torch.optim.AdamW(list(params.values()), lr=1e-3)
     batched = grads_of(params, buffers)
     for model in models:  # the check: the same gradients as each model on its own
         model.zero_grad(set_to_none=True)
-        answer_loss(model(x), y).backward()
+        synthetic.answer_loss(model(x), y).backward()
     with torch.no_grad():
         gap = max(float((batched[name][i] - dict(m.named_parameters())[name].grad).abs().max())
                   for i, m in enumerate(models) for name in batched)
@@ -93,7 +87,7 @@ def compiled(models, x, y, args, device, mode: str | None = None) -> str:
     forward = torch.compile(model, mode=mode)
 
     def step() -> None:
-        answer_loss(forward(x), y).backward()
+        synthetic.answer_loss(forward(x), y).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

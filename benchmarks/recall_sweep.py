@@ -10,8 +10,8 @@ whole curve included)::
      "over": {"vocab_size": 64, "seq_len": 64, "num_kv_pairs": 4}, "seed": 0, "graph": true}
 
 ``seed`` seeds the data, the model and the rows drawn; ``graph: false`` keeps a GPU run
-eager (no CUDA graph). ``over`` changes the task's settings (``hybridnas.proxies.synthetic``); n_train is set to
-steps x batch, so almost every row is fresh. Run shards in parallel processes (each stops
+eager (no CUDA graph). ``over`` changes the task's settings (``hybridnas.proxies.synthetic``);
+n_train is set to steps x batch, so almost every row is fresh. Run shards in parallel processes (each stops
 starting new runs after ``--seconds``):
 
     python benchmarks/recall_sweep.py CONFIGS.jsonl OUT.jsonl [--shard 0 --of 8] [--seconds 500]

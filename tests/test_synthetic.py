@@ -18,6 +18,7 @@ from hybridnas.proxies.synthetic import (
     IGNORE,
     TASK_NAMES,
     TaskSettings,
+    answer_loss,
     answer_metrics,
     default_settings,
     make_task,
@@ -561,6 +562,17 @@ def test_uniform_logits_give_log_v_and_chance():
     targets[:, ::2] = IGNORE
     _, accuracy = answer_metrics(torch.randn(64, 64, 4, generator=g), targets)
     assert accuracy == pytest.approx(0.25, abs=0.03)
+
+
+def test_the_graph_safe_loss_is_the_metrics_loss_with_its_gradient():
+    targets, V = task_targets(), 16
+    logits = torch.randn(*targets.shape, V, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    metrics_loss, _ = answer_metrics(logits, targets)
+    (metrics_grad,) = torch.autograd.grad(metrics_loss, logits)
+    loss = answer_loss(logits, targets)
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert loss.item() == pytest.approx(metrics_loss.item(), rel=1e-6)
+    torch.testing.assert_close(grad, metrics_grad)
 
 
 def test_non_answer_positions_change_nothing():

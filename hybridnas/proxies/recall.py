@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from hybridnas.proxies import synthetic
 from hybridnas.proxies.synthetic import TaskSettingsError
@@ -191,9 +190,7 @@ def train_task(spec: ArchSpec, data: synthetic.TaskData, lr: float, config: Reca
     x, y = inputs[all_rows[0]], targets[all_rows[0]]  # the step's batch, refilled in place
 
     def step() -> None:
-        logits = model(x)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=synthetic.IGNORE)
-        loss.backward()
+        synthetic.answer_loss(model(x), y).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
 
@@ -203,17 +200,11 @@ def train_task(spec: ArchSpec, data: synthetic.TaskData, lr: float, config: Reca
         model.train()
         x.copy_(inputs[all_rows[i]])
         y.copy_(targets[all_rows[i]])
+        if graphed and i == _GRAPH_WARMUP:
+            graph = _capture(step, optimizer)
+            graphed = best["graphed"] = graph is not None
         if graph is not None:
             graph.replay()
-        elif graphed and i == _GRAPH_WARMUP:
-            graph = _capture(step, optimizer)
-            best["graphed"] = graph is not None
-            if graph is None:
-                optimizer.zero_grad(set_to_none=True)
-                graphed = False
-                step()
-            else:
-                graph.replay()
         else:
             _on_side_stream(step) if graphed else step()
             optimizer.zero_grad(set_to_none=True)

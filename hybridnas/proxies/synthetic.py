@@ -125,6 +125,7 @@ __all__ = [
     "with_overrides",
     "make_task",
     "answer_metrics",
+    "answer_loss",
 ]
 
 IGNORE = -100  # target at non-answer positions (torch cross_entropy's ignore_index)
@@ -626,6 +627,14 @@ def make_task(settings: TaskSettings, seed: int = 0) -> TaskData:
 
 
 # ---------------------------------------------------------------------------- metrics
+
+
+def answer_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the answer positions of logits [B, T, V] and targets [B, T]
+    (IGNORE elsewhere), in float32: :func:`answer_metrics`' loss without its checks and its
+    accuracy, whose host syncs and data-dependent selection a CUDA graph or ``vmap`` cannot take.
+    Unlike there, a nan or inf logit at a non-answer position reaches the gradient."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
 
 
 def answer_metrics(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, float]:
