@@ -10,9 +10,11 @@ whole curve included)::
      "over": {"vocab_size": 64, "seq_len": 64, "num_kv_pairs": 4}, "seed": 0, "graph": true}
 
 ``seed`` seeds the data, the model and the rows drawn; ``graph: false`` keeps a GPU run
-eager (no CUDA graph). ``over`` changes the task's settings (``hybridnas.proxies.synthetic``);
-n_train is set to steps x batch, so almost every row is fresh. Run shards in parallel processes (each stops
-starting new runs after ``--seconds``):
+eager (no CUDA graph); ``spec`` changes the shrunk spec's fields for a probe, e.g.
+``{"attn": {"rope": false}}`` or ``{"ssm": {"conv_kernel": 1}}`` (merged section by
+section). ``over`` changes the task's settings (``hybridnas.proxies.synthetic``); n_train is
+set to steps x batch, so almost every row is fresh. Run shards in parallel processes (each
+stops starting new runs after ``--seconds``):
 
     python benchmarks/recall_sweep.py CONFIGS.jsonl OUT.jsonl [--shard 0 --of 8] [--seconds 500]
 """
@@ -26,6 +28,7 @@ import time
 import torch
 
 from hybridnas.proxies import recall, synthetic
+from hybridnas.search_space import ArchSpec
 from hybridnas.search_space.load import load_spec
 
 
@@ -40,6 +43,11 @@ def run(line: dict) -> dict:
     settings = config.settings(line["task"])
     data = synthetic.make_task(settings, seed=line.get("seed", 0))
     small = recall.reduced_spec(load_spec(line["layout"]), config, settings.vocab_size)
+    if line.get("spec"):
+        fields = small.to_dict()
+        for key, value in line["spec"].items():
+            fields[key] = {**fields[key], **value} if isinstance(value, dict) else value
+        small = ArchSpec.from_dict(fields)
     started = time.perf_counter()
     result = recall.train_task(small, data, line["lr"], config, cuda_graph=line.get("graph", True))
     return {**line, "pattern": small.pattern, "accuracy": result["accuracy"], "at": result["steps"],

@@ -49,9 +49,10 @@ def test_request_round_trips_through_json(config, tmp_path):
 
 
 def test_the_shallow_recall_proxy_settings_reach_the_worker(tmp_path):
-    config = load_study_config("test-tiny", objectives=OBJECTIVES, recall={"ffn": False, "max_run": 2})
+    config = load_study_config("test-tiny", objectives=OBJECTIVES,
+                               recall={"ffn": True, "max_run": 2, "weight_decay": 0.0})
     request = TrialRequest.for_study(config, 0, ArchSpec.from_pattern("M-M-M-*-", d_model=32), tmp_path)
-    assert (request.recall.ffn, request.recall.max_run) == (False, 2)
+    assert (request.recall.ffn, request.recall.max_run, request.recall.weight_decay) == (True, 2, 0.0)
     assert request_from_tune(json.loads(json.dumps(request_to_tune(request)))).recall == request.recall
 
 

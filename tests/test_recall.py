@@ -49,7 +49,10 @@ def test_reduced_spec_keeps_the_layout_and_its_choices():
         ("M-M-M-M-*-M-M-M-M-*-M-M-M-", False, 1, "M*M*M"),
         ("*-M-M-M-M-M-", False, 2, "*MM"),  # attention first stays first
         ("M-M-M-M-M-*-", True, 2, "M-M-*-"),  # attention last stays last, with its FFN
-        ("M-ME*-*-*-W-", True, 2, "M-ME*-*-W-"),  # a run's FFNs go with its mixers; W is its own kind
+        ("M-MEM-M-*-", True, 2, "M-ME*-"),  # a run's FFNs go with its mixers
+        ("M-M-M-H-H-H-*-", True, 1, "M-H-*-"),  # H is its own kind
+        ("*-*-", False, 1, "**"),  # attention runs are never cut: two layers recall, one cannot
+        ("M-*-*-*-W-W-MMM", True, 1, "M-*-*-*-W-W-M"),
         ("MMHMMHMM", False, None, "MMHMMHMM"),  # None keeps the full depth
         ("-M-M-*E", True, None, "-M-M-*E"),  # with both off, the candidate's own pattern
         ("-M-M-*E", False, 1, "M*"),
@@ -77,6 +80,15 @@ def test_a_run_records_its_curve_and_stops_once_learned():
     assert not run["graphed"] and not full["graphed"]  # CUDA graphs are for GPU steps only
 
 
+def test_once_a_rate_has_learned_the_task_the_rest_of_the_grid_is_skipped():
+    config = RecallConfig(tasks=("compression",), steps=20, eval_every=10, lrs=(3e-3, 1e-3, 1e-2), stop_at=0.01,
+                          task_overrides={"compression": {"n_train": 200, "n_test": 50}})
+    learned = score_recall(ArchSpec.from_pattern("M*", d_model=64), config)
+    assert [r["lr"] for r in learned.runs] == [3e-3]  # accuracy >= 0.01 at the first evaluation
+    unlearned = score_recall(ArchSpec.from_pattern("M*", d_model=64), dataclasses.replace(config, stop_at=1.0))
+    assert [r["lr"] for r in unlearned.runs] == [3e-3, 1e-3, 1e-2]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -96,7 +108,7 @@ def test_bad_recall_settings_name_the_field(kwargs, message):
 
 def test_tasks_run_in_parallel_on_ray_as_they_do_in_sequence():
     import ray
-    config = RecallConfig(tasks=("in_context_recall", "compression"), steps=20, eval_every=10, lrs=(3e-3,),
+    config = RecallConfig(tasks=("in_context_recall", "compression"), steps=20, eval_every=10, lrs=(3e-3, 1e-3),
                           task_overrides={"in_context_recall": {"n_train": 200, "n_test": 50},
                                           "compression": {"n_train": 200, "n_test": 50}})
     spec = ArchSpec.from_pattern("M-*-", d_model=64)
@@ -107,6 +119,10 @@ def test_tasks_run_in_parallel_on_ray_as_they_do_in_sequence():
         ray.shutdown()
     sequential = score_recall(spec, config)
     assert set(parallel.tasks) == set(sequential.tasks) == {"in_context_recall", "compression"}
+    # one Ray task per task and rate: every rate runs (20 steps learn neither task)
+    assert sorted((r["task"], r["lr"]) for r in parallel.runs) == sorted(
+        (r["task"], r["lr"]) for r in sequential.runs) == sorted(
+        (t, lr) for t in config.tasks for lr in config.lrs)
     for task in parallel.tasks:
         assert 0 <= parallel.tasks[task] <= 1
         assert parallel.tasks[task] == pytest.approx(sequential.tasks[task], abs=0.05)

@@ -7,8 +7,9 @@ frontier. So a candidate is also scored on MQAR and the MAD tasks
 
 - the candidate's own pattern at reduced width (:func:`reduced_spec`: d_model, heads and
   state scaled down; merge, window, MoE and fusion choices kept), with the task's vocabulary;
-  on demand at reduced depth too (:func:`recall_pattern`: the mixers only, each run of one
-  kind cut short), since a 26-layer candidate costs seconds per CPU step even at width 64;
+  on demand at reduced depth too (:func:`recall_pattern`: the mixers only, each run of Mamba-2
+  or H layers cut short, attention kept), since a 26-layer candidate costs seconds per CPU
+  step even at width 64;
 - per task, a short training run (``steps`` AdamW steps of ``batch_size`` sequences, warm-up
   then cosine decay, loss at answer positions only) for each learning rate of a small grid,
   since short-training rankings flip with the learning rate; each run keeps its best
@@ -16,9 +17,9 @@ frontier. So a candidate is also scored on MQAR and the MAD tasks
 - the summary score is the mean accuracy over the tasks.
 
 The cost is bounded: tasks x learning rates x steps x batch x sequence, fixed by
-:class:`RecallConfig` whatever the candidate. Tasks run in parallel as Ray tasks when asked
-(``parallel=True``; one CPU per task, and a share of the GPUs where there are any), else one
-after another.
+:class:`RecallConfig` whatever the candidate. Each task and learning rate runs as its own Ray
+task when asked (``parallel=True``; one CPU each, and a share of the GPUs where there are
+any), else one after another, a task's remaining rates skipped once one has learned it.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class RecallConfig:
     head_dim: int = 16  # attention and SSM heads of this width: d_model / head_dim heads
     d_state: int | None = None  # SSM state; None: the candidate's, scaled with the width
     ffn: bool = True  # keep the FFN/MoE layers (False: Zoology's MQAR models have none)
-    max_run: int | None = None  # longest run of one mixer kind kept; None: the full depth
+    max_run: int | None = None  # longest run of M (or of H) layers kept; None: the full depth
     lrs: tuple[float, ...] = (1e-3, 3e-3)  # Zoology and MAD sweep a log grid
     weight_decay: float = 0.1  # AdamW's, as Zoology's
     steps: int = 600
@@ -118,10 +119,15 @@ class RecallReport:
 
 def recall_pattern(pattern: str, *, ffn: bool, max_run: int | None) -> str:
     """The layout the proxy trains: ``pattern`` without its FFN/MoE layers unless ``ffn``,
-    and each run of more than ``max_run`` consecutive mixers of one kind cut to ``max_run``
-    (a run's FFNs go with its mixers). Which kinds meet, and where attention sits (first,
-    spread, last), are kept; ``recall_pattern("M-M-M-M-*-M-M-M-M-*-M-M-M-", ffn=False,
-    max_run=2)`` is ``"MM*MM*MM"``."""
+    and each run of more than ``max_run`` consecutive SSM-bearing mixers of one kind (``M``
+    or ``H``) cut to ``max_run`` (a run's FFNs go with its mixers). Which kinds meet, and
+    where attention sits (first, spread, last), are kept; ``recall_pattern(
+    "M-M-M-M-*-M-M-M-M-*-M-M-M-", ffn=False, max_run=1)`` is ``"M*M*M"``.
+
+    Runs of attention (``*``, ``W``) are never cut: two stacked attention layers can form
+    the induction circuit that MQAR needs and one cannot, so cutting them would change the
+    recall the proxy measures, while at the proxy's sequence lengths an attention layer
+    costs a fraction of a Mamba-2 layer (the cost that ``max_run`` bounds)."""
     ffns = "".join(sorted(FFN_SYMBOLS))
     lead = pattern[: len(pattern) - len(pattern.lstrip(ffns))]  # FFNs before the first mixer
     # each layer: a mixer and the FFNs that follow it
@@ -129,9 +135,12 @@ def recall_pattern(pattern: str, *, ffn: bool, max_run: int | None) -> str:
     kept, run = [lead] if ffn else [], 0
     for i, layer in enumerate(layers):
         run = run + 1 if i and layer[0] == layers[i - 1][0] else 1
-        if max_run is None or run <= max_run:
+        if max_run is None or run <= max_run or layer[0] not in _CUT_KINDS:
             kept.append(layer if ffn else layer[0])
     return "".join(kept)
+
+
+_CUT_KINDS = frozenset("MH")  # the mixers whose runs max_run cuts: those with an SSM scan
 
 
 def reduced_spec(spec: ArchSpec, config: RecallConfig, vocab_size: int) -> ArchSpec:
@@ -269,15 +278,23 @@ def _evaluate(model, data: synthetic.TaskData, device: torch.device, chunk: int 
     return (correct / total, loss_sum / total) if total else (0.0, math.inf)
 
 
-def _task_runs(spec_dict: dict, task: str, config: RecallConfig, one_thread: bool = False) -> list[dict]:
-    """Every learning rate of the grid on one task (one Ray task when parallel)."""
+def _task_runs(spec_dict: dict, task: str, config: RecallConfig, lrs: tuple[float, ...],
+               one_thread: bool = False) -> list[dict]:
+    """The runs of ``lrs`` on one task, in order (one Ray task per rate when parallel). Once
+    a run reaches ``config.stop_at`` the task is learned and the remaining rates are skipped:
+    none could rank it higher, and the hybrids that learn are the expensive layouts."""
     if one_thread:  # a Ray task holds one CPU: more threads would fight the other tasks
         torch.set_num_threads(1)
     spec = ArchSpec.from_dict(spec_dict)
     settings = config.settings(task)
     data = synthetic.make_task(settings, seed=config.seed)
     small = reduced_spec(spec, config, settings.vocab_size)
-    return [{"task": task, "lr": lr, **train_task(small, data, lr, config)} for lr in config.lrs]
+    runs: list[dict] = []
+    for lr in lrs:
+        runs.append({"task": task, "lr": lr, **train_task(small, data, lr, config)})
+        if runs[-1]["accuracy"] >= config.stop_at:
+            break
+    return runs
 
 
 def gpu_share(gpus: float, tasks: int) -> float:
@@ -288,8 +305,9 @@ def gpu_share(gpus: float, tasks: int) -> float:
 
 
 def score_recall(spec: ArchSpec, config: RecallConfig | None = None, *, parallel: bool = False) -> RecallReport:
-    """Score ``spec`` on ``config.tasks``. ``parallel``: one Ray task per synthetic task
-    (starts a local Ray if none is running)."""
+    """Score ``spec`` on ``config.tasks``. ``parallel``: one Ray task per task and learning
+    rate (starts a local Ray if none is running), so every rate of the grid runs; in
+    sequence a task's remaining rates are skipped once one has learned it."""
     config = config or RecallConfig()
     started = time.perf_counter()
     # bad settings and unbuildable layouts fail here, before any training
@@ -299,12 +317,13 @@ def score_recall(spec: ArchSpec, config: RecallConfig | None = None, *, parallel
 
         if not ray.is_initialized():
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        gpu = gpu_share(ray.cluster_resources().get("GPU", 0), len(config.tasks))
+        gpu = gpu_share(ray.cluster_resources().get("GPU", 0), len(config.tasks) * len(config.lrs))
         job = ray.remote(num_cpus=1, num_gpus=gpu)(_task_runs)
-        batches = ray.get([job.remote(spec.to_dict(), t, config, not gpu) for t in config.tasks])
+        batches = ray.get([job.remote(spec.to_dict(), t, config, (lr,), not gpu)
+                           for t in config.tasks for lr in config.lrs])
         runs = [r for batch in batches for r in batch]
     else:
-        runs = [r for t in config.tasks for r in _task_runs(spec.to_dict(), t, config)]
+        runs = [r for t in config.tasks for r in _task_runs(spec.to_dict(), t, config, config.lrs)]
     tasks = {t: max(r["accuracy"] for r in runs if r["task"] == t) for t in config.tasks}
     return RecallReport(tasks=tasks, score=sum(tasks.values()) / len(tasks), runs=runs, spec=shrunk[0].to_dict(),
                         wall_s=time.perf_counter() - started)

@@ -382,6 +382,7 @@ class RecallSettings(_Section):
     ffn: bool = _RECALL.ffn
     max_run: Annotated[int, Field(ge=1)] | None = _RECALL.max_run
     lrs: tuple[Annotated[float, Field(gt=0)], ...] = _RECALL.lrs
+    weight_decay: Annotated[float, Field(ge=0, lt=1)] = _RECALL.weight_decay
     steps: Annotated[int, Field(ge=1)] = _RECALL.steps
     batch_size: Annotated[int, Field(ge=1)] = _RECALL.batch_size
     seq_len: Annotated[int, Field(ge=8)] | None = _RECALL.seq_len
