@@ -493,7 +493,7 @@ def proxy_recall(
     sequential: Annotated[bool, typer.Option("--sequential", help="one task after another, without Ray")] = False,
     as_json: Annotated[bool, typer.Option("--json", help='print {"tasks": {...}, "score": ...}')] = False,
 ) -> None:
-    """Train the candidate's layout, shrunk, on MQAR and the MAD tasks; print accuracies."""
+    """Train the candidate's layout, shrunk, on MQAR (and the MAD tasks named by --tasks); print accuracies."""
     from hybridnas.proxies.recall import RecallConfig, score_recall
 
     spec = load_spec(target)

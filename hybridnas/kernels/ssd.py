@@ -46,6 +46,16 @@ def _segsum(a: Tensor) -> Tensor:
     return sums.masked_fill(~torch.tril(ones), float("-inf"))
 
 
+def _segsum_from_cumsum(a_cum: Tensor) -> Tensor:
+    """:func:`_segsum` of ``a`` from its cumulative sum a_cum [..., L]: a_cum[i] - a_cum[j]
+    for j <= i, else -inf. As mamba_ssm's kernels do; a fraction of the masked cumsums'
+    cost. The differences lose absolute precision ~ |a_cum| * 1e-7 (fp32), which inside one
+    chunk stays far below the tolerance of the tests against the recurrence."""
+    length = a_cum.shape[-1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=a_cum.device).tril()
+    return (a_cum.unsqueeze(-1) - a_cum.unsqueeze(-2)).masked_fill(~causal, float("-inf"))
+
+
 def _pad_time(t: Tensor, pad: int) -> Tensor:
     """Zero-pad dim 1 (time) at the end. dt = 0 there means no decay and no input, so the
     padded steps leave the state unchanged."""
@@ -79,24 +89,30 @@ def ssd_chunked(
     a_cum = a.cumsum(dim=-1)
 
     # 1. within each chunk: y_l = sum_{s <= l} C_l . B_s * decay(s -> l) * dt_s x_s
-    decay = torch.exp(_segsum(a))  # [b, H, c, L, L]
-    y = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", Ch, Bh, decay, xdt)
+    decay = torch.exp(_segsum_from_cumsum(a_cum))  # [b, H, c, L, L]
+    scores = torch.einsum("bclhn,bcshn->bhcls", Ch, Bh) * decay  # two contractions, in this order
+    y = torch.einsum("bhcls,bcshp->bclhp", scores, xdt)
 
     # 2. each chunk's contribution to the state at its end
     decay_to_end = torch.exp(a_cum[..., -1:] - a_cum)  # [b, H, c, L]
     chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bh, decay_to_end, xdt)
 
-    # 3. carry states across chunks: entering chunk z, the state is every earlier chunk's
-    #    contribution (and the initial state) decayed through the chunks in between
-    if initial_state is None:
-        initial_state = x32.new_zeros(b, h, p, n)
-    states = torch.cat([initial_state.float().unsqueeze(1), chunk_states], dim=1)  # [b, c+1, H, P, N]
-    chunk_decay = torch.exp(_segsum(F.pad(a_cum[..., -1], (1, 0))))  # [b, H, c+1, c+1]
-    states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)
-    entering, final_state = states[:, :-1], states[:, -1]
+    if c == 1 and initial_state is None:
+        # one chunk from a zero state (training at T <= chunk_size): nothing enters the
+        # chunk, and the state at its end is the final state
+        final_state = chunk_states[:, 0]
+    else:
+        # 3. carry states across chunks: entering chunk z, the state is every earlier chunk's
+        #    contribution (and the initial state) decayed through the chunks in between
+        if initial_state is None:
+            initial_state = x32.new_zeros(b, h, p, n)
+        states = torch.cat([initial_state.float().unsqueeze(1), chunk_states], dim=1)  # [b, c+1, H, P, N]
+        chunk_decay = torch.exp(_segsum(F.pad(a_cum[..., -1], (1, 0))))  # [b, H, c+1, c+1]
+        states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)
+        entering, final_state = states[:, :-1], states[:, -1]
 
-    # 4. the entering state's effect on each position of its chunk
-    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", Ch, entering, torch.exp(a_cum))
+        # 4. the entering state's effect on each position of its chunk
+        y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", Ch, entering, torch.exp(a_cum))
     y = y.reshape(b, c * length, h, p)[:, :t]
     if D is not None:
         y = y + x32 * D.float()[:, None]
