@@ -9,8 +9,8 @@ hybrids on the summary.
     python benchmarks/recall.py [--layouts '*-*-,M-M-@4,bae-inter-1:5,...'] [--sequential]
                                 [--set steps=3000 --set 'lrs=[1e-3, 3e-3]'] [--json out.json]
 
-``NAME@N`` scores NAME at d_state N. Without ``--sequential`` the tasks of a layout run as
-Ray tasks (one CPU each, or a share of the GPU).
+``NAME@N`` scores NAME at d_state N. Without ``--sequential`` each task and learning rate
+of a layout runs as a Ray task (one CPU each, or a share of the GPU).
 """
 
 from __future__ import annotations

@@ -141,6 +141,9 @@ class RecallReport:
         return asdict(self)
 
 
+_CUT_KINDS = frozenset("MH")  # the mixers whose runs max_run cuts: those with an SSM scan
+
+
 def recall_pattern(pattern: str, *, ffn: bool, max_run: int | None) -> str:
     """The layout the proxy trains: ``pattern`` without its FFN/MoE layers unless ``ffn``,
     and each run of more than ``max_run`` consecutive SSM-bearing mixers of one kind (``M``
@@ -162,9 +165,6 @@ def recall_pattern(pattern: str, *, ffn: bool, max_run: int | None) -> str:
         if max_run is None or run <= max_run or layer[0] not in _CUT_KINDS:
             kept.append(layer if ffn else layer[0])
     return "".join(kept)
-
-
-_CUT_KINDS = frozenset("MH")  # the mixers whose runs max_run cuts: those with an SSM scan
 
 
 def reduced_spec(spec: ArchSpec, config: RecallConfig, vocab_size: int) -> ArchSpec:
