@@ -3,8 +3,8 @@
 
 On a GPU (CUDA-graphed steps) the whole file takes a few minutes. On a 2-core CPU a hybrid
 costs about 20 minutes a rate, over CI's budget, so CI runs the one claim a CPU settles in a
-minute (``*-*-``) and the GPU runs all of them (docs/benchmarks.md, "Seeds and rates decide
-when MQAR is learned")."""
+minute (``*-*-``, on any device) and only a GPU runs the others (docs/benchmarks.md, "Seeds
+and rates decide when MQAR is learned")."""
 
 import pytest
 
@@ -23,18 +23,12 @@ def test_two_attention_layers_learn_mqar_on_this_machine():
 @pytest.fixture(scope="module")
 def scores() -> dict[str, RecallReport]:
     defaults = RecallConfig()
-    return {
-        "*-*-": score_recall(load_spec("*-*-"), defaults),
+    return {  # *-*- is the test above, which runs on the GPU too
         "M-M- at d_state 4": score_recall(load_spec("M-M-"), RecallConfig(d_state=4)),
         "bae-inter-1:5": score_recall(load_spec("bae-inter-1:5"), defaults),
         "bae-intra-1:5": score_recall(load_spec("bae-intra-1:5"), defaults),
         "mamba2-1b": score_recall(load_spec("mamba2-1b"), defaults),
     }
-
-
-@pytest.mark.gpu
-def test_two_attention_layers_learn_mqar(scores):
-    assert scores["*-*-"].tasks["mqar"] >= 0.9, scores["*-*-"].runs
 
 
 @pytest.mark.gpu
