@@ -6,11 +6,12 @@ score and the wall time. The calibration claims (README, issue 14) read: ``*-*-`
 mqar, ``M-M-`` at d_state 4 <= 0.5, both 1:5 hybrids >= 0.8, pure Mamba-2 below both
 hybrids on the summary.
 
-    python benchmarks/recall.py [--layouts '*-*-,M-M-@4,bae-inter-1:5,...'] [--sequential]
+    python benchmarks/recall.py [--layouts '*-*-,M-M-@4,bae-inter-1:5,...'] [--parallel | --sequential]
                                 [--set steps=3000 --set 'lrs=[1e-3, 3e-3]'] [--json out.json]
 
-``NAME@N`` scores NAME at d_state N. Without ``--sequential`` each task and learning rate
-of a layout runs as a Ray task (one CPU each, or a share of the GPU).
+``NAME@N`` scores NAME at d_state N. As ``hybridnas proxy recall`` does, each task and
+learning rate of a layout runs as a Ray task on a GPU (a share of it each) and in sequence on
+a CPU (``parallel_pays``); ``--parallel`` or ``--sequential`` chooses.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 
 from hybridnas.cli import _setting
 from hybridnas.errors import UserError
-from hybridnas.proxies.recall import RecallConfig, score_recall
+from hybridnas.proxies.recall import RecallConfig, parallel_pays, score_recall
 from hybridnas.search_space.load import load_spec
 
 CALIBRATION = "*-*-,M-M-@4,bae-inter-1:5,bae-intra-1:5,mamba2-1b"
@@ -55,7 +56,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layouts", default=CALIBRATION)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
-    parser.add_argument("--sequential", action="store_true")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--parallel", dest="parallel", action="store_true", default=None)
+    mode.add_argument("--sequential", dest="parallel", action="store_false")
     parser.add_argument("--json", help="also write every run (curves included) here")
     args = parser.parse_args()
     base = config_from(args.set)
@@ -67,7 +70,8 @@ def main() -> None:
         config = dataclasses.replace(base, d_state=int(state)) if state else base
         spec = load_spec(name)
         started = time.perf_counter()
-        report = score_recall(spec, config, parallel=not args.sequential)
+        parallel = parallel_pays(config) if args.parallel is None else args.parallel
+        report = score_recall(spec, config, parallel=parallel)
         shrunk = report.spec["pattern"]
         best = {t: max((r for r in report.runs if r["task"] == t), key=lambda r: r["accuracy"]) for t in report.tasks}
         cells = "  ".join(f"{t} {a:.3f} (lr {best[t]['lr']:g}, step {best[t]['steps']})"

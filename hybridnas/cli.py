@@ -490,11 +490,14 @@ def proxy_recall(
         int | None, typer.Option("--steps", help="training steps per task and learning rate")
     ] = None,
     lrs: Annotated[str | None, typer.Option("--lrs", help="learning-rate grid, e.g. 1e-3,3e-3")] = None,
-    sequential: Annotated[bool, typer.Option("--sequential", help="one task after another, without Ray")] = False,
+    parallel: Annotated[bool | None, typer.Option(
+        "--parallel/--sequential",
+        help="every task and rate at once as Ray tasks, or one after another (default: at once on a GPU only)",
+    )] = None,
     as_json: Annotated[bool, typer.Option("--json", help='print {"tasks": {...}, "score": ...}')] = False,
 ) -> None:
     """Train the candidate's layout, shrunk, on MQAR (and the MAD tasks named by --tasks); print accuracies."""
-    from hybridnas.proxies.recall import RecallConfig, score_recall
+    from hybridnas.proxies.recall import RecallConfig, parallel_pays, score_recall
 
     spec = load_spec(target)
     chosen = {"tasks": tuple(t.strip() for t in tasks.split(",") if t.strip())} if tasks else {}
@@ -507,7 +510,7 @@ def proxy_recall(
     config = RecallConfig(**settings)  # a TaskSettingsError (a UserError) names what is wrong
     for task in config.tasks:  # infeasible overrides fail before any training
         config.settings(task)
-    report = score_recall(spec, config, parallel=not sequential)
+    report = score_recall(spec, config, parallel=parallel_pays(config) if parallel is None else parallel)
     if as_json:
         print(json.dumps({"tasks": report.tasks, "score": report.score}))
         return

@@ -7,11 +7,20 @@ import re
 
 import optuna
 import pytest
+import torch
 
 from hybridnas import ArchSpec
 from hybridnas.cli import main
 from hybridnas.proxies import synthetic
-from hybridnas.proxies.recall import RecallConfig, gpu_share, recall_pattern, reduced_spec, score_recall, train_task
+from hybridnas.proxies.recall import (
+    RecallConfig,
+    gpu_share,
+    parallel_pays,
+    recall_pattern,
+    reduced_spec,
+    score_recall,
+    train_task,
+)
 from hybridnas.search_space.load import load_spec
 from study_files import run_study, tiny_preset
 
@@ -151,6 +160,20 @@ def test_cli_prints_the_json_the_issue_names(capsys):
     assert code == 0 and set(out) == {"tasks", "score"}
     assert set(out["tasks"]) == {"in_context_recall", "selective_copying"}
     assert out["score"] == pytest.approx(sum(out["tasks"].values()) / 2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="states the CPU default")
+def test_cli_runs_a_cpus_rates_in_sequence_and_a_gpus_at_once(capsys):
+    """On a CPU, with neither --parallel nor --sequential, no Ray starts (the rates run in
+    turn, each with every core); on a GPU they would go to Ray tasks at once."""
+    import ray
+    assert not parallel_pays(RecallConfig()) and not parallel_pays(RecallConfig(device="cpu"))
+    assert parallel_pays(RecallConfig(device="cuda"))
+    if ray.is_initialized():
+        ray.shutdown()
+    code = main(["proxy", "recall", "M-*-", "--tasks", "in_context_recall", "--steps", "10", "--json"])
+    assert code == 0 and not ray.is_initialized()
+    assert set(json.loads(capsys.readouterr().out)["tasks"]) == {"in_context_recall"}
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,11 @@
 """The recall proxy separates layouts at its defaults (issue 14, item 1): every claim below runs
 ``RecallConfig()`` with no setting changed but the one the claim names (``d_state`` 4).
 
-On a GPU (CUDA-graphed steps) the whole file takes a few minutes. On a 2-core CPU a hybrid
-costs about 20 minutes a rate, over CI's budget, so CI runs the one claim a CPU settles in a
-minute (``*-*-``, on any device) and only a GPU runs the others (docs/benchmarks.md, "Seeds
-and rates decide when MQAR is learned")."""
+On one H200 (CUDA-graphed steps) the whole file took 2 minutes. On a 2-core CPU the four
+layouts of the fixture would take about 35-45 minutes (estimated; ``bae-intra-1:5`` alone 6.3, each
+plain Mamba-2 model both rates' 10,000 steps), over CI's budget, so CI runs the one claim a
+CPU settles in half a minute (``*-*-``, on any device) and only a GPU runs the others
+(docs/benchmarks.md, "The calibration at the defaults, run")."""
 
 import pytest
 

@@ -12,8 +12,9 @@ pytestmark = pytest.mark.gpu
 @pytest.mark.parametrize("pattern", ["M*", "MH", "M-E-"])
 def test_a_graphed_recall_run_matches_the_eager_run(pattern):
     """Same seed, same rows: the replayed graph (capturable AdamW, the schedule written into
-    its rate tensor) follows the eager run's curve. MoE layouts stay eager."""
-    config = RecallConfig(tasks=("mqar",), steps=60, eval_every=20, lrs=(3e-3,), head_dim=32,
+    its rate tensor) follows the eager run's curve. MoE layouts stay eager (``ffn`` keeps the
+    MoE layer the default proxy would drop)."""
+    config = RecallConfig(tasks=("mqar",), steps=60, eval_every=20, lrs=(3e-3,), head_dim=32, ffn=True,
                           task_overrides={"mqar": {"vocab_size": 64, "num_kv_pairs": 4, "n_train": 2000}})
     settings = config.settings("mqar")
     data = synthetic.make_task(settings)

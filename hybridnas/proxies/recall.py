@@ -37,7 +37,10 @@ from hybridnas.proxies.synthetic import TaskSettingsError
 from hybridnas.search_space import ArchSpec
 from hybridnas.search_space.pattern import FFN_SYMBOLS, MIXER_SYMBOLS
 
-__all__ = ["RecallConfig", "RecallReport", "RECALL_TASKS", "gpu_share", "reduced_spec", "score_recall", "train_task"]
+__all__ = [
+    "RecallConfig", "RecallReport", "RECALL_TASKS", "gpu_share", "parallel_pays", "reduced_spec", "score_recall",
+    "train_task",
+]
 
 RECALL_TASKS = synthetic.TASK_NAMES
 # the overrides --seq-len / --kv-pairs apply to: the tasks that recall keys in context
@@ -68,7 +71,12 @@ class RecallConfig:
       runs of the two hybrids had (lr 1e-3 to 1e-2), at 5,000 all four at 3e-3 reached
       0.85-1.0 (two seeds each). At lr 1e-2 a lone 4-wide Mamba-2 state reaches 0.53-0.66, so the grid
       stops at 3e-3. A task counts as learned at 95% (``stop_at``): ``**`` with heads of 32
-      levels off at 0.97-0.98, so a higher mark would spend every rate's full budget on it."""
+      levels off at 0.97-0.98, so a higher mark would spend every rate's full budget on it.
+
+    At exactly these defaults (one H200, seeds 0 / 1 / 2; docs/findings.md): ``**`` 0.98 / 0.98
+    / 0.97, ``MHMHM`` 0.97 / 0.96 / 0.97, ``M*M*M`` 0.81 / 0.93 / 0.96, a lone 4-wide state
+    0.29-0.30 / 0.59-0.71 / 0.58-0.61 (seeds 1 and 2 above the 0.5 the calibration asks for:
+    a late climb off the plateau; 4 pairs fit in a 4-wide state's 4 heads)."""
 
     tasks: tuple[str, ...] = ("mqar",)
     d_model: int = 64  # the reduced width (MAD: 128; Zoology sweeps 64-512)
@@ -326,6 +334,16 @@ def gpu_share(gpus: float, tasks: int) -> float:
     shrunk models are tiny and their steps launch-bound, so a whole GPU per task would run
     them in turn. Rounded down to Ray's 4 decimals (7 x 0.1429 would not fit on one GPU)."""
     return min(1.0, math.floor(gpus / tasks * 1e4) / 1e4) if gpus else 0
+
+
+def parallel_pays(config: RecallConfig) -> bool:
+    """Whether the CLI's runs go to Ray tasks at once (on a GPU) or one after another (on a
+    CPU). A GPU time-slices the tiny launch-bound steps of several runs at little cost each; a
+    CPU's cores are what a run is bound by, so two runs at once each take one core and both
+    rates run to the end, while in sequence a run takes every core and the second rate is
+    skipped once the first has learned the task (bae-intra-1:5 on 2 cores: 18 min at once,
+    6 min in sequence; docs/benchmarks.md)."""
+    return _device(config).type == "cuda"
 
 
 def score_recall(spec: ArchSpec, config: RecallConfig | None = None, *, parallel: bool = False) -> RecallReport:
