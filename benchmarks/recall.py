@@ -27,7 +27,7 @@ import torch
 
 from hybridnas.cli import _setting
 from hybridnas.errors import UserError
-from hybridnas.proxies.recall import RecallConfig, parallel_pays, score_recall
+from hybridnas.proxies.recall import RecallConfig, score_recall
 from hybridnas.search_space.load import load_spec
 
 CALIBRATION = "*-*-,M-M-@4,bae-inter-1:5,bae-intra-1:5,mamba2-1b"
@@ -70,8 +70,7 @@ def main() -> None:
         config = dataclasses.replace(base, d_state=int(state)) if state else base
         spec = load_spec(name)
         started = time.perf_counter()
-        parallel = parallel_pays(config) if args.parallel is None else args.parallel
-        report = score_recall(spec, config, parallel=parallel)
+        report = score_recall(spec, config, parallel=args.parallel)
         shrunk = report.spec["pattern"]
         best = {t: max((r for r in report.runs if r["task"] == t), key=lambda r: r["accuracy"]) for t in report.tasks}
         cells = "  ".join(f"{t} {a:.3f} (lr {best[t]['lr']:g}, step {best[t]['steps']})"

@@ -497,7 +497,7 @@ def proxy_recall(
     as_json: Annotated[bool, typer.Option("--json", help='print {"tasks": {...}, "score": ...}')] = False,
 ) -> None:
     """Train the candidate's layout, shrunk, on MQAR (and the MAD tasks named by --tasks); print accuracies."""
-    from hybridnas.proxies.recall import RecallConfig, parallel_pays, score_recall
+    from hybridnas.proxies.recall import RecallConfig, score_recall
 
     spec = load_spec(target)
     chosen = {"tasks": tuple(t.strip() for t in tasks.split(",") if t.strip())} if tasks else {}
@@ -510,7 +510,7 @@ def proxy_recall(
     config = RecallConfig(**settings)  # a TaskSettingsError (a UserError) names what is wrong
     for task in config.tasks:  # infeasible overrides fail before any training
         config.settings(task)
-    report = score_recall(spec, config, parallel=parallel_pays(config) if parallel is None else parallel)
+    report = score_recall(spec, config, parallel=parallel)
     if as_json:
         print(json.dumps({"tasks": report.tasks, "score": report.score}))
         return

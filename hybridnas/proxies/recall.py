@@ -337,20 +337,24 @@ def gpu_share(gpus: float, tasks: int) -> float:
 
 
 def parallel_pays(config: RecallConfig) -> bool:
-    """Whether the CLI's runs go to Ray tasks at once (on a GPU) or one after another (on a
-    CPU). A GPU time-slices the tiny launch-bound steps of several runs at little cost each; a
-    CPU's cores are what a run is bound by, so two runs at once each take one core and both
-    rates run to the end, while in sequence a run takes every core and the second rate is
-    skipped once the first has learned the task (bae-intra-1:5 on 2 cores: 18 min at once,
-    6 min in sequence; docs/benchmarks.md)."""
+    """Whether ``score_recall(parallel=None)`` sends the runs to Ray tasks at once (on a GPU)
+    or trains them one after another (on a CPU). A GPU time-slices the tiny launch-bound
+    steps of several runs at little cost each; a CPU's cores are what a run is bound by, so
+    two runs at once each take one core and both rates run to the end, while in sequence a
+    run takes every core and the second rate is skipped once the first has learned the task
+    (bae-intra-1:5 on 2 cores: 18 min at once, 6 min in sequence; docs/benchmarks.md)."""
     return _device(config).type == "cuda"
 
 
-def score_recall(spec: ArchSpec, config: RecallConfig | None = None, *, parallel: bool = False) -> RecallReport:
+def score_recall(spec: ArchSpec, config: RecallConfig | None = None, *,
+                 parallel: bool | None = False) -> RecallReport:
     """Score ``spec`` on ``config.tasks``. ``parallel``: one Ray task per task and learning
     rate (starts a local Ray if none is running), so every rate of the grid runs; in
-    sequence a task's remaining rates are skipped once one has learned it."""
+    sequence a task's remaining rates are skipped once one has learned it; ``None``: as
+    :func:`parallel_pays` chooses for the device. A study's worker scores in sequence."""
     config = config or RecallConfig()
+    if parallel is None:
+        parallel = parallel_pays(config)
     started = time.perf_counter()
     # bad settings and unbuildable layouts fail here, before any training
     shrunk = [reduced_spec(spec, config, config.settings(task).vocab_size) for task in config.tasks]
