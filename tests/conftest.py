@@ -1,6 +1,8 @@
 """Shared fixtures.
 
-GPU tests carry ``@pytest.mark.gpu`` and are skipped where CUDA is not available.
+GPU tests carry ``@pytest.mark.gpu`` and are skipped where CUDA is not available, except
+those also marked ``calibration`` when pytest runs with ``--calibration``: claims that need a
+GPU's speed to fit CI, not its kernels, so a CPU can settle them given the time.
 
 Databases: ``database_url`` runs a test once on SQLite (a file in ``tmp_path``) and once
 on PostgreSQL; ``postgres_url`` gives PostgreSQL only. PostgreSQL comes from
@@ -20,12 +22,18 @@ import torch
 POSTGRES_ENV = "HYBRIDNAS_TEST_POSTGRES_URL"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--calibration", action="store_true",
+                     help="run the tests marked calibration on a CPU too (the recall calibration: ~45 min on 2 cores)")
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs CUDA")
+    skip = pytest.mark.skip(reason="needs CUDA (or --calibration, for a calibration test)")
+    on_cpu = config.getoption("--calibration")
     for item in items:
-        if "gpu" in item.keywords:
+        if "gpu" in item.keywords and not (on_cpu and "calibration" in item.keywords):
             item.add_marker(skip)
 
 

@@ -25,14 +25,14 @@ from hybridnas.search_space.load import load_spec
 from study_files import run_study, tiny_preset
 
 
-def test_the_default_mqar_is_zoologys_smallest_on_64_tokens_with_fresh_rows():
+def test_the_default_mqar_is_8_pairs_in_64_tokens_of_a_64_token_vocabulary_with_fresh_rows():
     config = RecallConfig()
     s = config.settings("mqar")
-    assert (s.vocab_size, s.seq_len, s.knob("num_kv_pairs"), s.n_train) == (64, 64, 4, 5000 * 32)
+    assert (s.vocab_size, s.seq_len, s.knob("num_kv_pairs"), s.n_train) == (64, 64, 8, 5000 * 32)
     assert config.settings("in_context_recall") == synthetic.default_settings("in_context_recall")  # MAD's own
     # flags and overrides still win over the proxy's choices, and fresh rows are bounded
-    changed = RecallConfig(kv_pairs=8, steps=10**6, task_overrides={"mqar": {"vocab_size": 256}}).settings("mqar")
-    assert (changed.vocab_size, changed.knob("num_kv_pairs"), changed.n_train) == (256, 8, 200_000)
+    changed = RecallConfig(kv_pairs=4, steps=10**6, task_overrides={"mqar": {"vocab_size": 256}}).settings("mqar")
+    assert (changed.vocab_size, changed.knob("num_kv_pairs"), changed.n_train) == (256, 4, 200_000)
 
 
 def test_the_default_proxy_of_bae_hybrids_is_their_mixers_with_mamba_runs_of_one():

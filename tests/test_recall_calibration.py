@@ -1,18 +1,28 @@
 """The recall proxy separates layouts at its defaults (issue 14, item 1): every claim below runs
-``RecallConfig()`` with no setting changed but the one the claim names (``d_state`` 4).
+``RecallConfig()`` with no setting changed but the one the claim names (``d_state`` 4, and
+the seed where a claim is stated over seeds).
 
-On one H200 (CUDA-graphed steps) the whole file took 2 minutes. On a 2-core CPU the four
-layouts of the fixture would take about 35-45 minutes (estimated; ``bae-intra-1:5`` alone 6.3, each
-plain Mamba-2 model both rates' 10,000 steps), over CI's budget, so CI runs the one claim a
-CPU settles in half a minute (``*-*-``, on any device) and only a GPU runs the others
-(docs/benchmarks.md, "The calibration at the defaults, run")."""
+A 4-wide Mamba-2 state leaving MQAR's plateau is a matter of when, within the budget, as much as
+of capacity: at the defaults one seed in three climbs to 0.92 on an H200 (docs/findings.md,
+"Hybrids' recall lead"), and no setting measured keeps it below 0.5 in every seed while
+``*-*-`` and both hybrids still learn (docs/benchmarks.md, "Eight pairs, measured"). So that
+claim is asserted as it holds: in at least two of three seeds.
+
+On one H200 the fixture's six suites run at once, sharing the GPU, in about 4 minutes. On a
+2-core CPU they run in turn, about 45 minutes: over CI's budget, so CI asserts the one claim a
+CPU settles in a minute (``*-*-``, on any device), and ``pytest --calibration`` runs the
+others on a CPU too."""
+
+import dataclasses
 
 import pytest
+import torch
 
-from hybridnas.proxies.recall import RecallConfig, RecallReport, score_recall
+from hybridnas.proxies.recall import RecallConfig, RecallReport, gpu_share, score_recall
 from hybridnas.search_space.load import load_spec
 
 pytestmark = pytest.mark.slow
+SEEDS = (0, 1, 2)
 
 
 def test_two_attention_layers_learn_mqar_on_this_machine():
@@ -21,30 +31,49 @@ def test_two_attention_layers_learn_mqar_on_this_machine():
     assert report.tasks["mqar"] >= 0.9, report.runs
 
 
+def score_at_once(jobs: dict[str, tuple[str, RecallConfig]]) -> dict[str, RecallReport]:
+    """``score_recall`` of every (layout, config) in ``jobs``. On a GPU all at once, one Ray
+    task each with an equal share of it (the shrunk models' steps are launch-bound, so they
+    time-slice it at little cost each); on a CPU one after another, each with every core."""
+    if not torch.cuda.is_available():
+        return {name: score_recall(load_spec(layout), config) for name, (layout, config) in jobs.items()}
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    share = gpu_share(ray.cluster_resources().get("GPU", 0), len(jobs))
+    score = ray.remote(num_cpus=1, num_gpus=share)(score_recall)
+    pending = {name: score.remote(load_spec(layout), config) for name, (layout, config) in jobs.items()}
+    return {name: ray.get(ref) for name, ref in pending.items()}
+
+
 @pytest.fixture(scope="module")
 def scores() -> dict[str, RecallReport]:
     defaults = RecallConfig()
-    return {  # *-*- is the test above, which runs on the GPU too
-        "M-M- at d_state 4": score_recall(load_spec("M-M-"), RecallConfig(d_state=4)),
-        "bae-inter-1:5": score_recall(load_spec("bae-inter-1:5"), defaults),
-        "bae-intra-1:5": score_recall(load_spec("bae-intra-1:5"), defaults),
-        "mamba2-1b": score_recall(load_spec("mamba2-1b"), defaults),
-    }
+    jobs = {f"M-M- at d_state 4, seed {seed}": ("M-M-", dataclasses.replace(defaults, d_state=4, seed=seed))
+            for seed in SEEDS}
+    # *-*- is the test above, which runs on the GPU too
+    jobs.update({name: (name, defaults) for name in ("bae-inter-1:5", "bae-intra-1:5", "mamba2-1b")})
+    return score_at_once(jobs)
+
+
+# The long claims need a GPU's speed, or --calibration on a CPU (tests/conftest.py).
+@pytest.mark.gpu
+@pytest.mark.calibration
+def test_a_four_wide_mamba_state_cannot_hold_eight_pairs_in_most_seeds(scores):
+    accuracies = [scores[f"M-M- at d_state 4, seed {seed}"].tasks["mqar"] for seed in SEEDS]
+    assert sorted(accuracies)[1] <= 0.5, accuracies
 
 
 @pytest.mark.gpu
-def test_a_four_wide_mamba_state_cannot_hold_four_pairs(scores):
-    assert scores["M-M- at d_state 4"].tasks["mqar"] <= 0.5, scores["M-M- at d_state 4"].runs
-
-
-@pytest.mark.gpu
+@pytest.mark.calibration
 @pytest.mark.parametrize("hybrid", ["bae-inter-1:5", "bae-intra-1:5"])
 def test_bae_hybrids_learn_mqar(scores, hybrid):
     assert scores[hybrid].tasks["mqar"] >= 0.8, scores[hybrid].runs
 
 
 @pytest.mark.gpu
+@pytest.mark.calibration
 @pytest.mark.parametrize("hybrid", ["bae-inter-1:5", "bae-intra-1:5"])
 def test_pure_mamba_scores_below_both_hybrids(scores, hybrid):
     assert scores["mamba2-1b"].score < scores[hybrid].score, (scores["mamba2-1b"].runs, scores[hybrid].runs)
-
