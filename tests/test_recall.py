@@ -11,6 +11,7 @@ import torch
 
 from hybridnas import ArchSpec
 from hybridnas.cli import main
+from hybridnas.cluster import ensure_ray
 from hybridnas.proxies import synthetic
 from hybridnas.proxies.recall import (
     RecallConfig,
@@ -109,7 +110,7 @@ def test_once_a_rate_has_learned_the_task_the_rest_of_the_grid_is_skipped():
         ({"stop_at": 0.0}, "stop_at=0.0: must be in (0, 1]"),
         ({"weight_decay": -0.1}, "weight_decay=-0.1: must be in [0, 1)"),
         ({"d_model": 60}, "d_model=60: must be a multiple of head_dim=32"),
-        ({"lrs": ()}, "lrs=[]: need at least one"),
+        ({"lrs": ()}, "lrs=[]: need one or more"),
         ({"steps": 0}, "steps=0: must be at least 1"),
     ],
 )
@@ -124,7 +125,7 @@ def test_tasks_run_in_parallel_on_ray_as_they_do_in_sequence():
                           task_overrides={"in_context_recall": {"n_train": 200, "n_test": 50},
                                           "compression": {"n_train": 200, "n_test": 50}})
     spec = ArchSpec.from_pattern("M-*-", d_model=64)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ensure_ray(num_cpus=2)
     try:
         parallel = score_recall(spec, config, parallel=True)
     finally:
