@@ -16,7 +16,7 @@ setup: $(VENV)/.installed
 # Then `.venv/bin/hybridnas dashboard` serves the study at http://127.0.0.1:8050/.
 demo: $(VENV)/.installed
 	$(BIN)/hybridnas doctor
-	RAY_AUTH_MODE=disabled $(BIN)/hybridnas launch quickstart
+	$(BIN)/hybridnas launch quickstart
 	$(BIN)/hybridnas query quickstart --sort val_loss
 	$(BIN)/hybridnas report quickstart -o quickstart-report.html
 

@@ -7,6 +7,7 @@ Bad input never shows a traceback: :func:`main` turns usage errors and :class:`U
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.metadata
 import json
@@ -19,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hybridnas.errors import UserError
+from hybridnas.errors import UserError, check_writable_dir
 from hybridnas.search_space import CostReport, cost, load_spec
 from hybridnas.search_space.examples import EXAMPLES
 
@@ -33,6 +34,7 @@ app = typer.Typer(
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 MODULE_TABLE_MAX_PARAMS = 2_000_000_000  # 8 GB of fp32 weights on the CPU
 
 
@@ -179,10 +181,13 @@ def train_command(
 ) -> None:
     """Train one candidate on a FLOP budget and report its validation loss."""
     from hybridnas.trainer import TrainConfig, train
+    from hybridnas.trainer.config import MAX_FLOPS
 
     spec = load_spec(target, d_model)
-    if not (flops > 0 and flops < float("inf")):
-        raise UserError(f"--flops={flops}: must be a positive number of FLOPs")
+    if not 0 < flops <= MAX_FLOPS:
+        raise UserError(f"--flops={flops}: must be a positive number of FLOPs, at most {MAX_FLOPS:.0e}")
+    if out is not None:  # before training: a run whose folder cannot be written is lost
+        check_writable_dir(out, "--out", create=True)
     # progress goes to stderr, so --json output on stdout stays clean
     settings = {"seq_len": seq_len, "corpus": corpus, "tokenizer": tokenizer, "seed": seed, "progress": True}
     optional = {"lr": lr, "batch_tokens": batch_tokens, "micro_batch": micro_batch,
@@ -280,6 +285,11 @@ StorageOption = Annotated[
 ]
 
 
+def _storage(given: str | None) -> str:
+    """The ``--storage`` URL, or the default when none is given (an empty one is an error, not the default)."""
+    return DEFAULT_STORAGE if given is None else given
+
+
 @app.command()
 def launch(
     target: Annotated[str, typer.Argument(help="a preset name (quickstart, ...) or a study.toml")],
@@ -293,14 +303,27 @@ def launch(
         typer.Option("--set", help="KEY=VALUE of the study file, dotted, the value in TOML "
                      "(e.g. --set budget.flops=1.6e15 --set name=bae-small-4x); repeatable"),
     ] = None,
+    allow_change: Annotated[
+        list[str] | None,
+        typer.Option("--allow-change", help="resume a study whose file changed this KEY (sampler, baselines, "
+                     "enqueue, trainer.device, trainer.compile, trainer.corpus); repeatable"),
+    ] = None,
 ) -> None:
     """Run a study (or resume it) to its number of trials; print its Pareto set."""
+    import shlex
+
+    from hybridnas.studies.launch import StudyInterrupted
     from hybridnas.studies.launch import launch as run_launch
 
     if trials is not None and trials < 1:
         raise UserError(f"--trials={trials}: must be at least 1")
-    report = run_launch(target, storage=storage, ray_address=ray_address, trials=trials,
-                        settings=dict(_setting(s) for s in settings or ()))
+    try:
+        report = run_launch(target, storage=storage, ray_address=ray_address, trials=trials,
+                            settings=dict(_setting(s) for s in settings or ()), allow_change=tuple(allow_change or ()))
+    except StudyInterrupted as stopped:
+        print(f"{stopped}; no trial is left running. Resume with the same command: "
+              f"{shlex.join(['hybridnas', *sys.argv[1:]])}", file=sys.stderr)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     t = report.tally
     saved = f"; pruning saved {report.compute_saved:.0%} of the full-budget FLOPs" if t.pruned else ""
     console.print(f"study {report.study} ({report.storage}): {t.done} complete, {t.pruned} pruned, "
@@ -309,6 +332,8 @@ def launch(
         console.print(t.stop_reason)
     names = [o.name for o in report.objectives]
     _print_rows(report.pareto, names, title=f"Pareto set of {report.study} on {', '.join(names)}")
+    if t.failed_out:
+        raise typer.Exit(1)
 
 
 def _setting(text: str) -> tuple[str, Any]:
@@ -330,7 +355,7 @@ def studies(storage: StorageOption = None) -> None:
     """List the studies in a database."""
     from hybridnas.studies.query import list_studies
 
-    found = list_studies(storage or DEFAULT_STORAGE)
+    found = list_studies(_storage(storage))
     counts = ("trials", "complete", "pruned", "fail", "running", "copy")
     table = Table("study", *counts[:-1], "copies", "best val_loss")
     for s in found:
@@ -359,7 +384,7 @@ def query(
     if output not in ("table", "csv", "json"):
         raise UserError(f"--format={output}: expected table, csv or json")
     objectives = [p.strip() for p in pareto.split(",") if p.strip()] if pareto else []
-    rows = query_study(storage or DEFAULT_STORAGE, study, where=where, pareto=objectives or None, sort=sort,
+    rows = query_study(_storage(storage), study, where=where, pareto=objectives or None, sort=sort,
                        copies=copies)
     if output == "table":
         _print_rows(rows, objectives, title=f"{study}: {len(rows)} trials")
@@ -380,7 +405,7 @@ def dashboard(
     from hybridnas.analysis.dashboard import serve
     from hybridnas.analysis.study import list_studies
 
-    url = storage or DEFAULT_STORAGE
+    url = _storage(storage)
     if not 0 < port < 65536:
         raise UserError(f"--port={port}: must be between 1 and 65535")
     names = list_studies(url)  # a database that cannot be opened: StorageError
@@ -388,8 +413,32 @@ def dashboard(
         raise UserError(f"storage {url}: no hybridnas studies here (run hybridnas launch first)")
     if study is not None and study not in names:
         raise UserError(f"--study={study}: no such study (studies: {', '.join(names)})")
+    _check_can_serve(host, port)
+    if host not in LOCAL_HOSTS:
+        print(f"warning: --host {host}: the dashboard has no login; every study in {url} is readable by anyone "
+              f"who reaches {host}:{port}", file=sys.stderr)
     console.print(f"dashboard of {url} at http://{host}:{port}/ (read-only; Ctrl-C stops it)")
     serve(url, host=host, port=port, study=study)
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _check_can_serve(host: str, port: int) -> None:
+    """One line instead of Werkzeug's traceback: a host that does not resolve to an address
+    of this machine, or a port already taken."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UserError(f"--host {host}: not an address of this machine ({exc})") from None
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            what = f"port {port} is in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise UserError(f"--host {host} --port {port}: cannot serve there ({what})") from None
 
 
 @app.command()
@@ -405,7 +454,7 @@ def report(
         raise UserError(f"-o {output}: the report is HTML; name a .html file")
     if not output.parent.exists():
         raise UserError(f"-o {output}: folder {output.parent} does not exist")
-    path = write_report(storage or DEFAULT_STORAGE, study, output)  # no such study: StudyNotFound
+    path = write_report(_storage(storage), study, output)  # no such study: StudyNotFound
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -423,7 +472,7 @@ def fidelity(
     """How well rung losses, seeds and another study rank a study's finished candidates."""
     from hybridnas.analysis.fidelity import load_fidelity
 
-    result = load_fidelity(storage or DEFAULT_STORAGE, study, against)  # unknown or unrankable: a UserError
+    result = load_fidelity(_storage(storage), study, against)  # unknown or unrankable: a UserError
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
         return
@@ -542,5 +591,5 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     return code if isinstance(code, int) else 0

@@ -7,17 +7,44 @@ imports nothing from hybridnas: it is the bottom of the import graph.
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-__all__ = ["UserError", "format_validation_error"]
+__all__ = ["UserError", "check_writable_dir", "format_validation_error"]
 
 
 class UserError(ValueError):
     """Bad input from the user: reported by the CLI as one ``error:`` line, exit 2."""
+
+
+def check_writable_dir(path: str | Path, what: str, *, create: bool = False) -> Path:
+    """``path`` as a folder this process can write, checked before any work whose result
+    would be lost there; else a UserError naming ``what`` (e.g. ``--out``). With ``create`` a
+    missing folder is made; without, nothing is created: its nearest existing parent is checked."""
+    folder = Path(path).expanduser().absolute()
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"{what} {folder}: cannot be created ({exc.strerror or exc})") from None
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{what} {folder}: {existing} is not a folder")
+    if existing == folder:
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise UserError(f"{what} {folder}: not a folder that can be written ({exc.strerror or exc})") from None
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {folder}: cannot be created ({existing} is not writable)")
+    return folder
 
 
 Style = Literal["spec", "toml"]

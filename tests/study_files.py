@@ -4,6 +4,8 @@ local Ray that the helper starts and stops."""
 from importlib.resources import files
 from pathlib import Path
 
+from hybridnas.cluster import ensure_ray
+
 
 def tiny_preset(name: str, *replacements: tuple[str, str]) -> str:
     """The test-tiny preset's text, renamed, with each (old, new) replaced; an old text that
@@ -26,7 +28,7 @@ def run_study(text: str, folder: Path, trials: int) -> str:
     path = folder / "study.toml"
     path.write_text(text)
     url = f"sqlite:///{folder / 'study.db'}"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ensure_ray(num_cpus=2)
     try:
         launch(str(path), storage=url, trials=trials, progress=False)
     finally:

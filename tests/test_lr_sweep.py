@@ -8,6 +8,7 @@ import optuna
 import pytest
 import ray
 
+from hybridnas.cluster import ensure_ray
 from hybridnas.studies.config import StudyConfigError, parse_study_config
 from hybridnas.studies.launch import launch
 from hybridnas.studies.storage import ResultsStore
@@ -91,7 +92,7 @@ def test_a_study_records_each_candidates_rate(tmp_path):
     path = tmp_path / "sweep.toml"
     path.write_text(text)
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ensure_ray(num_cpus=2)
     try:
         report = launch(str(path), storage=url, trials=3, progress=False)
     finally:

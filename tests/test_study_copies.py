@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hybridnas.cli import app
+from hybridnas.cluster import ensure_ray
 from hybridnas.studies.config import load_study_config
 from hybridnas.studies.query import list_studies, query_study
 from hybridnas.studies.simulate import simulate
@@ -129,7 +130,7 @@ def test_launch_prints_why_it_stopped_early(tmp_path):
     import ray
 
     config = _one_candidate_study(tmp_path, trials=6)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ensure_ray(num_cpus=2)
     try:
         result = CliRunner().invoke(app, ["launch", str(tmp_path / "tiny.toml"), "--storage", config.storage])
     finally:
@@ -152,3 +153,61 @@ def test_copy_rows_keep_the_schema_readers_expect(tmp_path):
     assert {r["trial"] for r in every} - {r["trial"] for r in trained} == {
         r["trial"] for r in every if r["status"] == "copy"}
     assert all(r["reused_from"] is not None for r in every if r["status"] == "copy")
+
+
+def _bridge_of(config, tmp_path):
+    """The driver's bridge and scheduler on ``config``'s study, as launch builds them, for a
+    test that plays Tune with several trials open at once (simulate runs one at a time)."""
+    from hybridnas.studies.driver import OptunaBridge, ParetoScheduler, Tally
+    from hybridnas.studies.space import make_sampler
+
+    store = ResultsStore(config.storage)
+    store.create()
+    study = optuna.create_study(study_name=config.name, storage=config.storage, sampler=make_sampler(config),
+                                directions=list(config.directions))
+    scheduler = ParetoScheduler.for_study(config)
+    bridge = OptunaBridge(study=study, space=SearchSpace(config), config=config, store=store, scheduler=scheduler,
+                          trial_root=tmp_path / "runs", tally=Tally())
+    return bridge, scheduler, study, store
+
+
+@pytest.mark.parametrize("twin_ends", ["complete", "fail"])
+def test_a_candidate_identical_to_one_still_training_waits_for_its_result(tmp_path, twin_ends):
+    """concurrent > 1: the same candidate suggested while its twin trains is not trained again
+    and not counted; when the twin ends it becomes a copy of its result (or, if the twin
+    failed, a failure not counted), and the sampler was asked for another candidate at once."""
+    from hybridnas.studies.protocol import report_to_tune, request_from_tune
+    from hybridnas.studies.simulate import _run, made_up_outcome
+
+    config = load_study_config("quickstart", storage=f"sqlite:///{tmp_path / 'q.db'}", trials=3, baselines=[],
+                               enqueue=[], concurrent=2, **{"budget.rungs": []})
+    bridge, scheduler, study, store = _bridge_of(config, tmp_path)
+    params = {"attn_ratio": "1:5", "fusion": "intra", "placement": "even", "merge.norm": "group", "merge.op": "sub"}
+    study.enqueue_trial(params)
+    study.enqueue_trial(params, skip_if_exists=False)
+
+    first = request_from_tune(bridge.suggest("a"))  # trial 0 trains
+    second = request_from_tune(bridge.suggest("b"))  # trial 1 (the twin) waits; trial 2 is asked instead
+    assert (first.number, second.number) == (0, 2)
+    waiting = store.row(config.name, 1)
+    assert waiting["status"] == "copy" and waiting["reused_from"] == 0 and waiting["val_loss"] is None
+    assert study.get_trials()[1].state == optuna.trial.TrialState.RUNNING  # the sampler sees the point taken
+    assert bridge.tally.reused == 1 and bridge.counted == 2
+
+    if twin_ends == "complete":
+        _run(bridge, scheduler, "a", first, made_up_outcome)
+    else:
+        bridge.on_trial_complete("a", report_to_tune(made_up_outcome(first, None)), error=True)
+    twin, original = study.get_trials()[1], study.get_trials()[0]
+    row = store.row(config.name, 1)
+    assert twin.user_attrs["not_counted"] and twin.user_attrs["reused_from"] == 0
+    if twin_ends == "complete":
+        assert original.state == optuna.trial.TrialState.COMPLETE
+        assert twin.state == optuna.trial.TrialState.PRUNED
+        assert row["status"] == "copy" and row["val_loss"] == store.row(config.name, 0)["val_loss"] is not None
+    else:
+        assert twin.state == optuna.trial.TrialState.FAIL and row["status"] == "fail" and "failed" in row["failure"]
+    # the twin used none of the study's trials: trials 0 and 2 count (a failure before the
+    # study's first success does not count either: it is most likely the settings')
+    assert [t.number for t in _counted(study)] == ([0, 2] if twin_ends == "complete" else [2])
+    store.dispose()

@@ -83,7 +83,7 @@ def test_killed_worker_is_retried_once_then_recorded_failed(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     command = [sys.executable, "-m", "hybridnas", "launch", str(_study_file(tmp_path)), "--storage", url,
                "--trials", "3"]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = dict(os.environ)
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stdout=log, stderr=log)
     try:

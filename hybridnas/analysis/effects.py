@@ -66,11 +66,14 @@ def param_importances(storage: str, study: str, evaluator: str = "ped-anova", se
     from optuna.importance import get_param_importances
 
     from hybridnas.analysis.study import study_objectives
-    from hybridnas.studies.storage import normalize_url
+    from hybridnas.studies.storage import ResultsStore
 
     if evaluator not in EVALUATORS:
         raise ValueError(f"evaluator {evaluator!r}: expected one of {', '.join(EVALUATORS)}")
-    loaded = optuna.load_study(study_name=study, storage=normalize_url(storage))
+    reader = ResultsStore(storage, readonly=True).optuna_reader()
+    if reader is None:
+        raise ValueError(f"study {study!r}: no Optuna study in {storage}, so no parameters to judge")
+    loaded = optuna.load_study(study_name=study, storage=reader)
     complete = [t for t in loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                 if t.params and "reused_from" not in t.user_attrs]
     if len(complete) < 2:

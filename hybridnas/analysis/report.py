@@ -19,6 +19,7 @@ from hybridnas.analysis import figures
 from hybridnas.analysis.effects import effect_summary, param_importances
 from hybridnas.analysis.fidelity import FidelityError, rung_agreement, seed_spread, study_rung_fractions
 from hybridnas.analysis.study import StudyData, load_study
+from hybridnas.errors import UserError
 from hybridnas.studies.storage import status_counts
 
 __all__ = ["render_report", "write_report"]
@@ -37,7 +38,11 @@ th { background: #f3f3f3; } td.text { text-align: left; font-family: monospace; 
 def write_report(storage: str, study: str, path: str | Path) -> Path:
     """Write the report of ``study`` to ``path``; returns the path."""
     path = Path(path)
-    path.write_text(render_report(load_study(storage, study, full=True), storage), encoding="utf-8")
+    text = render_report(load_study(storage, study, full=True), storage)
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"-o {path}: cannot write ({exc.strerror or exc})") from None
     return path
 
 

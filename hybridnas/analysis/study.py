@@ -163,5 +163,8 @@ def _stored_config(storage: str, study: str) -> str | None:
     created, and opening Optuna's storage checks its schema version (a fifth of a second)."""
     import optuna
 
-    config = optuna.load_study(study_name=study, storage=storage).user_attrs.get("config")
+    reader = ResultsStore(storage, readonly=True).optuna_reader()
+    if reader is None:  # a database holding hybridnas_trials only
+        return None
+    config = optuna.load_study(study_name=study, storage=reader).user_attrs.get("config")
     return json.dumps(config) if config is not None else None

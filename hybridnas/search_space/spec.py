@@ -41,6 +41,12 @@ __all__ = ["ArchSpec", "AttnConfig", "SSMConfig", "HybridConfig", "MoEConfig", "
 
 DEFAULT_D_MODEL = 512
 DEFAULT_VOCAB_SIZE = 8192  # the default BPE vocabulary of the trainer
+# Upper bounds, checked before any size is derived (deriving head sizes scans d_model's
+# divisors): far above any published language model (d_model 18,432 in PaLM 540B, vocabularies
+# of 262k in Gemma 3, 126 layers in Llama 3.1 405B), low enough that a typo fails at once
+MAX_D_MODEL = 65_536
+MAX_VOCAB_SIZE = 4_194_304
+MAX_LAYERS = 1024
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -140,6 +146,7 @@ class ArchSpec(_Frozen):
     moe: MoEConfig
 
     def __init__(self, /, **data: Any) -> None:
+        _check_bounds(data)
         try:
             super().__init__(**data)
         except ValidationError as exc:
@@ -306,6 +313,18 @@ def _section(data: dict[str, Any], key: str) -> dict[str, Any] | None:
     if isinstance(value, BaseModel):
         value = value.model_dump()
     return dict(value) if isinstance(value, dict) else None
+
+
+def _check_bounds(data: dict[str, Any]) -> None:
+    """The sizes' upper bounds (MAX_*), before anything is derived from them."""
+    pattern = data.get("pattern")
+    if isinstance(pattern, str) and len(pattern) > MAX_LAYERS:
+        raise SpecError(f"pattern: {len(pattern)} layers, more than {MAX_LAYERS}")
+    for key, bound in (("d_model", MAX_D_MODEL), ("vocab_size", MAX_VOCAB_SIZE)):
+        value = data.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and not value <= bound:
+            shown = f"{value:.3g}" if isinstance(value, float) or value > 10**12 else str(value)
+            raise SpecError(f"{key}={shown}: must be at most {bound}")
 
 
 def _fill_derived(raw: dict[str, Any]) -> dict[str, Any]:

@@ -44,9 +44,9 @@ from hybridnas.errors import UserError, format_validation_error
 from hybridnas.proxies.recall import RecallConfig
 from hybridnas.search_space.errors import SpecError
 from hybridnas.search_space.layout import Placement
-from hybridnas.search_space.spec import ArchSpec
+from hybridnas.search_space.spec import MAX_D_MODEL, ArchSpec
 from hybridnas.studies.objectives import DEFAULT_CONTEXT, REGISTRY, Direction, ObjectiveRef, names
-from hybridnas.trainer.config import TrainConfig
+from hybridnas.trainer.config import MAX_FLOPS, TrainConfig
 
 __all__ = [
     "StudyConfig",
@@ -283,9 +283,9 @@ class SizeConfig(_Section):
     ``attn`` / ``ssm`` override ArchSpec's derived attention / Mamba-2 sizes (e.g. heads)."""
 
     mode: Literal["fixed", "params"] = "fixed"
-    d_model: Annotated[int, Field(gt=0)]
+    d_model: Annotated[int, Field(gt=0, le=MAX_D_MODEL)]
     n_mixers: Annotated[int, Field(gt=0)] | None = None
-    params: Annotated[float, Field(gt=0)] | None = None
+    params: Annotated[float, Field(gt=0, le=1e13, allow_inf_nan=False)] | None = None
     count: Literal["total", "nonembed", "active"] = "total"
     min_mixers: Annotated[int, Field(gt=0)] = 1
     max_mixers: Annotated[int, Field(gt=0)] = 64
@@ -354,7 +354,7 @@ class BudgetConfig(_Section):
     """Training FLOPs per candidate, the rungs (budget fractions) of successive halving,
     and eta (keep the top 1/eta at each rung)."""
 
-    flops: Annotated[float, Field(gt=0)]
+    flops: Annotated[float, Field(gt=0, le=MAX_FLOPS, allow_inf_nan=False)]
     rungs: tuple[Annotated[float, Field(gt=0, lt=1)], ...] = (0.25, 0.5)
     eta: Annotated[int, Field(ge=2)] = 3
 
@@ -376,14 +376,14 @@ class RecallSettings(_Section):
 
     # the defaults are RecallConfig's (one home, so the study's and the CLI's cannot drift)
     tasks: tuple[RecallTask, ...] = _RECALL.tasks
-    d_model: Annotated[int, Field(ge=8)] = _RECALL.d_model
+    d_model: Annotated[int, Field(ge=8, le=4096)] = _RECALL.d_model
     head_dim: Annotated[int, Field(ge=4)] = _RECALL.head_dim
     d_state: Annotated[int, Field(ge=1)] | None = _RECALL.d_state
     ffn: bool = _RECALL.ffn
     max_run: Annotated[int, Field(ge=1)] | None = _RECALL.max_run
-    lrs: tuple[Annotated[float, Field(gt=0)], ...] = _RECALL.lrs
+    lrs: tuple[Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)], ...] = _RECALL.lrs
     weight_decay: Annotated[float, Field(ge=0, lt=1)] = _RECALL.weight_decay
-    steps: Annotated[int, Field(ge=1)] = _RECALL.steps
+    steps: Annotated[int, Field(ge=1, le=1_000_000)] = _RECALL.steps
     batch_size: Annotated[int, Field(ge=1)] = _RECALL.batch_size
     seq_len: Annotated[int, Field(ge=8)] | None = _RECALL.seq_len
     kv_pairs: Annotated[int, Field(ge=1)] | None = _RECALL.kv_pairs
@@ -415,6 +415,7 @@ class SamplerConfig(_Section):
 
 
 _NAME = re.compile(r"[A-Za-z0-9_.:-]+")
+MAX_NAME_CHARS = 100  # a study's name is a folder name (runs) and a key in two tables
 
 
 class StudyConfig(_Section):
@@ -422,9 +423,10 @@ class StudyConfig(_Section):
 
     name: str
     storage: str = "sqlite:///hybridnas.db"
-    trials: Annotated[int, Field(ge=1)] = 32
-    concurrent: Annotated[int, Field(ge=1)] = 1
-    seeds_per_candidate: Annotated[int, Field(ge=1)] = 1
+    # bounds: a study beyond 10^5 trials or 4,096 trials at once is a typo, not a search
+    trials: Annotated[int, Field(ge=1, le=100_000)] = 32
+    concurrent: Annotated[int, Field(ge=1, le=4096)] = 1
+    seeds_per_candidate: Annotated[int, Field(ge=1, le=64)] = 1
     baselines: tuple[Baseline, ...] = BASELINES
     # candidates to try right after the baselines, as Optuna parameters ({"fusion": "intra",
     # "merge.op": "mean"}; the rest is sampled). Like baselines they are reference points of
@@ -442,7 +444,9 @@ class StudyConfig(_Section):
     @classmethod
     def _name(cls, name: str) -> str:
         if not _NAME.fullmatch(name):
-            raise ValueError(f"{name!r} must be non-empty letters, digits and _ . : -")
+            raise ValueError(f"{name[:60]!r} must be non-empty letters, digits and _ . : -")
+        if len(name) > MAX_NAME_CHARS:
+            raise ValueError(f"{len(name)} characters: at most {MAX_NAME_CHARS} (it names a folder of runs)")
         return name
 
     @field_validator("baselines")
@@ -512,14 +516,29 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
+MAX_STUDY_FILE_BYTES = 1_000_000  # the presets are 2-4 kB
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long for the file system
+        return False
+
+
 def _read(target: str) -> tuple[str, str]:
     """(file name for messages, TOML text) of a preset name or a path."""
     path = Path(target)
-    if target.endswith(".toml") or path.exists() or "/" in target or "\\" in target:
+    if target.endswith(".toml") or "/" in target or "\\" in target or _exists(path):
         try:
+            if path.is_file() and path.stat().st_size > MAX_STUDY_FILE_BYTES:
+                raise StudyConfigError(f"{target}: {path.stat().st_size:,} bytes; a study file is at most "
+                                       f"{MAX_STUDY_FILE_BYTES:,}")
             return path.name, path.read_text(encoding="utf-8")
         except OSError as exc:
             raise StudyConfigError(f"{target}: cannot read ({exc.strerror or exc})") from None
+        except UnicodeDecodeError:
+            raise StudyConfigError(f"{target}: not a text file (a study file is TOML in UTF-8)") from None
     if target not in preset_names():
         raise StudyConfigError(f"unknown preset {target!r} (available: {', '.join(preset_names())})")
     text = (resources.files(__package__) / _PRESETS / f"{target}.toml").read_text(encoding="utf-8")

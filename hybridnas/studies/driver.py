@@ -13,13 +13,18 @@
   at the same place in ``best_trials`` and every Optuna plot, and TPE counted the point twice
   as good, so it proposed it again (7 of the quickstart's 24 trials). Told FAIL, samplers
   ignore it and TPE, its history unchanged, proposed the same candidate 1,000 times in a row
-  (measured with :mod:`~hybridnas.studies.simulate`). PRUNED is how TPE sees a trial its
+  (measured with :mod:`~hybridnas.studies.simulate`). A suggestion identical to a candidate
+  still training (``concurrent > 1``) waits for it: not trained, not counted, RUNNING in Optuna
+  until its twin ends, then a copy of its result (or, if the twin failed, a failure not
+  counted). PRUNED is how TPE sees a trial its
   constant liar holds running: in the "worse" group, so the sampler learns the point is
   taken and moves on, while the original's values stay in its history and
   ``best_trials`` (COMPLETE only) lists each candidate once. When every distinct candidate
   of the space has been evaluated, the study stops (``Tally.stop_reason``).
 - ``ParetoScheduler`` (a Tune ``TrialScheduler``) applies :class:`ParetoHalving` at each rung.
 - Only this process writes the hybridnas table (``ResultsStore``); workers report through Tune.
+  A trial's final row is written before Optuna is told, so a kill between the two leaves a row
+  that says how the trial ended, and the next launch tells Optuna the same (launch._reconcile).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,11 +54,13 @@ from hybridnas.studies.objectives import (
 from hybridnas.studies.protocol import TrialReport, TrialRequest, report_from_tune, request_to_tune
 from hybridnas.studies.storage import ResultsStore, spec_columns
 
-__all__ = ["OptunaBridge", "ParetoScheduler", "Tally", "cost_refs"]
+__all__ = ["WAITING", "OptunaBridge", "ParetoScheduler", "Tally", "cost_refs"]
 
 # a reused twin's columns: its result, whatever objectives it measured
 REUSED = ("val_loss", "metrics", "rungs", "loss_curve", "lr", *(m.column for m in REGISTRY.values()))
 SETTLED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+WAITING = "waiting for trial"  # the failure text of a copy row whose twin is still training
+SAME_FAILURES_STOP = 3  # alike failures before any success that stop a study
 MAX_DRAWS = 1000  # suggestions asked per Tune trial before the sampler is deemed stuck
 EXHAUSTION_CHECK = 25  # after this many draws without a new candidate, check whether the space is exhausted
 ENUMERATION_LIMIT = 20_000  # larger spaces are never enumerated (a TPE study rarely exhausts them)
@@ -71,6 +79,7 @@ class Tally:
     flops_spent: float = 0.0
     flops_full: float = 0.0  # what the same trials would have spent at full budget
     stop_reason: str | None = None  # why the study stopped before its number of trials, in one line
+    failed_out: bool = False  # it stopped because its trials fail alike (launch then exits non-zero)
 
 
 def cost_refs(refs: tuple[ObjectiveRef, ...]) -> tuple[ObjectiveRef, ...]:
@@ -148,6 +157,8 @@ class OptunaBridge(Searcher):
         self.refs = config.refs
         self.live: dict[str, _Live] = {}  # tune id -> the trial
         self.settled: dict[str, _Settled] = {}  # spec key -> the evaluated trial it was first
+        self._failure_streak: list[str] = []  # the reasons of the failures since the last success
+        self.waiting: dict[int, list[_Live]] = {}  # a training trial's number -> the identical trials waiting for it
         self.counted = 0  # trials that count toward config.trials
         self.complete_values: list[tuple[float, ...]] = []  # the values of complete trials, for the progress line
         self._distinct: set[str] | None = None  # the space's distinct feasible spec keys, once enumerated
@@ -264,16 +275,47 @@ class OptunaBridge(Searcher):
             trial.set_user_attr("not_counted", True)
             trial.set_user_attr("failure", f"a copy of trial {twin.number} (same spec, same budget): not trained")
             self.counted -= 1
-            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             row = self.store.row(self.study.study_name, twin.number) or {}
             columns = {k: row[k] for k in REUSED if k in row}
             fixed = self._fixed_columns(spec, params, baseline)
+            # the row before the tell, as every ending (_reconcile repairs a kill in between)
             self._write(_Live(trial.number, trial._trial_id, spec, fixed), status="copy", reused_from=twin.number,
                         **columns)
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            self.tally.reused += 1
+            return None
+        training = next((live for live in self.live.values() if live.fixed["spec_key"] == key), None)
+        if training is not None:  # the same candidate is training now: wait for its result, not train it again
+            trial.set_user_attr("reused_from", training.number)
+            trial.set_user_attr("not_counted", True)
+            self.counted -= 1
+            waiter = _Live(trial.number, trial._trial_id, spec, self._fixed_columns(spec, params, baseline))
+            self.waiting.setdefault(training.number, []).append(waiter)
+            # a copy row without a result yet; Optuna keeps the trial RUNNING (TPE's constant liar
+            # then treats the point as taken) until the twin ends (_resolve_waiters)
+            self._write(waiter, status="copy", reused_from=training.number,
+                        failure=f"{WAITING} {training.number} (same spec, same budget), which is training")
             self.tally.reused += 1
             return None
         trial.set_user_attr("spec_key", key)
         return spec, params
+
+    def _resolve_waiters(self, number: int) -> None:
+        """The trials that waited for trial ``number`` (an in-flight twin), now that it ended:
+        copies of its result if it was settled, else failures not counted toward ``trials``."""
+        for waiter in self.waiting.pop(number, []):
+            twin = self.settled.get(waiter.fixed["spec_key"])
+            if twin is not None and twin.number == number:
+                row = self.store.row(self.study.study_name, number) or {}
+                columns = {k: row[k] for k in REUSED if k in row}
+                self._write(waiter, status="copy", reused_from=number,
+                            failure=f"a copy of trial {number} (same spec, same budget): not trained", **columns)
+                self.study.tell(waiter.number, state=optuna.trial.TrialState.PRUNED)
+            else:
+                reason = f"its twin, trial {number}, failed; not trained, not counted"
+                self.study._storage.set_trial_user_attr(waiter.trial_id, "failure", reason)
+                self._write(waiter, status="fail", reused_from=number, failure=reason)
+                self.study.tell(waiter.number, state=optuna.trial.TrialState.FAIL)
 
     def _cost_point(self, spec: ArchSpec) -> tuple[float, ...]:
         statics = static_values(spec, cost_refs(self.refs), self.config.trainer.seq_len)
@@ -303,18 +345,19 @@ class OptunaBridge(Searcher):
             if report is not None and not report.final:
                 live.rungs = _with_rung(live.rungs, report)
                 live.lr = report.lr
-            self.study.tell(live.number, state=optuna.trial.TrialState.PRUNED)
-            self._settle(live.fixed["spec_key"], live.number, optuna.trial.TrialState.PRUNED, None)
             spent = live.rungs[-1]["flops"] if live.rungs else 0.0
-            self.tally.pruned += 1
-            self.tally.flops_spent += spent
             self._write(live, status="pruned", val_loss=live.rungs[-1]["val_loss"] if live.rungs else None,
                         flops_spent=spent)
+            self.study.tell(live.number, state=optuna.trial.TrialState.PRUNED)
+            self._settle(live.fixed["spec_key"], live.number, optuna.trial.TrialState.PRUNED, None)
+            self.tally.pruned += 1
+            self.tally.flops_spent += spent
         elif error or report is None or not report.final:
             self._fail(live, "the worker failed twice (Tune's error log is in the trial directory)")
             self.tally.flops_spent += budget
         else:
             self._tell_final(live, report)
+        self._resolve_waiters(live.number)
         self.on_change()
 
     def _sweep_flops(self) -> float:
@@ -341,17 +384,32 @@ class OptunaBridge(Searcher):
             reason = report.failure or report.speed_reason or "an objective could not be measured"
             self._fail(live, f"{report.status}: {reason}", **columns)
         else:
+            self._write(live, status="complete", **columns)  # the row first: see _reconcile in launch.py
             self.study.tell(live.number, values)
             self._settle(live.fixed["spec_key"], live.number, optuna.trial.TrialState.COMPLETE, values)
             self.tally.done += 1
-            self._write(live, status="complete", **columns)
+            self._failure_streak.clear()
 
     def _fail(self, live: _Live, reason: str, **columns: Any) -> None:
-        # the reason first: a finished trial's attributes can no longer be set
-        self.study._storage.set_trial_user_attr(live.trial_id, "failure", reason)
+        # before the study's first success a failure is most likely its settings' (a missing
+        # corpus, a model too large for the budget): not counted, so that a relaunch with a
+        # fixed file still trains its trials, and SAME_FAILURES_STOP alike ones stop the study
+        before_any_success = not self.complete_values
+        storage = self.study._storage
+        # the attributes first: a finished trial's can no longer be set
+        storage.set_trial_user_attr(live.trial_id, "failure", reason)
+        if before_any_success:
+            storage.set_trial_user_attr(live.trial_id, "not_counted", True)
+            self.counted -= 1
+        self._write(live, status="fail", failure=reason, **columns)
         self.study.tell(live.number, state=optuna.trial.TrialState.FAIL)
         self.tally.failed += 1
-        self._write(live, status="fail", failure=reason, **columns)
+        self._failure_streak.append(re.sub(r"\d[\d.e+-]*", "#", reason))  # alike up to the numbers in it
+        streak = self._failure_streak[-SAME_FAILURES_STOP:]
+        if before_any_success and len(streak) == SAME_FAILURES_STOP and len(set(streak)) == 1:
+            self.tally.stop_reason = (f"the study's first {SAME_FAILURES_STOP} trials failed alike, so every trial "
+                                      f"would: {reason}; stopping (fix the study file and relaunch)")
+            self.tally.failed_out = True
 
     # -- the table --
 

@@ -15,11 +15,14 @@ from typing import Any
 
 import optuna
 
+from hybridnas.cluster import check_address, ensure_ray
+from hybridnas.errors import check_writable_dir
 from hybridnas.pareto import pareto_front
-from hybridnas.studies.driver import OptunaBridge, ParetoScheduler, Tally
+from hybridnas.studies.driver import WAITING, OptunaBridge, ParetoScheduler, Tally
+from hybridnas.studies.lease import take_lease
 from hybridnas.studies.storage import ResultsStore, normalize_url
 
-__all__ = ["launch", "LaunchReport", "pareto_rows", "runs_dir_for"]
+__all__ = ["launch", "LaunchReport", "StudyInterrupted", "pareto_rows", "runs_dir_for"]
 
 
 @dataclass
@@ -50,60 +53,162 @@ def runs_dir_for(storage_url: str, study: str) -> Path:
     return base / study
 
 
-def _reconcile(study: optuna.Study, store: ResultsStore) -> int:
-    """Trials a killed driver left RUNNING: marked failed (not counted toward ``trials``) and
-    their parameters enqueued again, so the restarted study neither loses nor double-counts
-    them. The requeued trial trains from the start: its worker died with the driver."""
+def _reconcile(study: optuna.Study, store: ResultsStore, refs, reason: str) -> int:
+    """Trials a stopped driver left RUNNING in Optuna, settled; called only with the study's
+    lease held (the driver that ran them is gone: killed, interrupted, or this one after
+    Ctrl-C). The driver writes a trial's row before it tells Optuna, so a kill between the two
+    leaves a row that already says how the trial ended: Optuna is told the same (complete with
+    the row's values, pruned, failed, a copy). A trial whose row still says running was cut
+    off mid-training: marked failed (not counted toward ``trials``) and its parameters enqueued
+    again, so the study neither loses nor double-counts it; it trains from the start."""
+    from hybridnas.studies.objectives import objective_values
+
     stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    reason = "the driver stopped while it ran; its candidate was requeued"
+    requeued = 0
     for trial in stale:
+        row = store.row(study.study_name, trial.number)
+        status = (row or {}).get("status")
+        storage, tid = study._storage, trial._trial_id
+        if row is not None and status == "complete":
+            study.tell(trial.number, objective_values(refs, row["metrics"]))  # the values the driver computed
+            continue
+        if row is not None and status == "copy" and (row["failure"] or "").startswith(WAITING):
+            # it waited for an in-flight twin that was cut off too (that twin is requeued itself)
+            storage.set_trial_user_attr(tid, "not_counted", True)
+            storage.set_trial_user_attr(tid, "failure", f"its twin, trial {row['reused_from']}, was cut off")
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            continue
+        if row is not None and status in ("pruned", "copy"):
+            if status == "copy":
+                storage.set_trial_user_attr(tid, "reused_from", row["reused_from"])
+                storage.set_trial_user_attr(tid, "not_counted", True)
+            study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
+            continue
+        if row is not None and status == "fail":
+            storage.set_trial_user_attr(tid, "failure", row["failure"])
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            continue
         kept = {k: v for k, v in trial.user_attrs.items() if k in ("baseline", "enqueued")}
         study.enqueue_trial(trial.params, user_attrs={**kept, "requeued_from": trial.number}, skip_if_exists=False)
-        study._storage.set_trial_user_attr(trial._trial_id, "not_counted", True)  # its requeued twin counts
-        study._storage.set_trial_user_attr(trial._trial_id, "failure", reason)
-        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-        rows = [r for r in store.rows(study.study_name) if r["trial"] == trial.number]
-        if rows:
-            store.upsert({**{k: v for k, v in rows[0].items() if k not in ("id", "updated_at")},
+        storage.set_trial_user_attr(tid, "not_counted", True)  # its requeued twin counts
+        storage.set_trial_user_attr(tid, "failure", reason)
+        if row is not None:
+            store.upsert({**{k: v for k, v in row.items() if k not in ("id", "updated_at")},
                           "status": "fail", "failure": reason})
-    return len(stale)
+        storage.set_trial_state_values(tid, optuna.trial.TrialState.FAIL)
+        requeued += 1
+    return requeued
+
+
+class StudyInterrupted(Exception):
+    """Ctrl-C stopped the study: its workers are stopped, no trial is left running, and the
+    same command resumes it. ``requeued``: the trials cut off, which train again then."""
+
+    def __init__(self, study: str, requeued: int) -> None:
+        super().__init__(f"study {study} interrupted; {requeued} trial(s) cut off were requeued")
+        self.study, self.requeued = study, requeued
+
+
+def _check_saved_config(study: optuna.Study, config, allow_change: tuple[str, ...]) -> None:
+    """A relaunch runs the study it was created as (studies/changes.py): the saved config,
+    read with today's defaults for keys it predates, against the new one. Accepted changes
+    are saved, the allowed ones also kept in ``config_history``."""
+    import datetime as dt
+
+    from hybridnas.studies.changes import StudyChanged, check_relaunch
+    from hybridnas.studies.config import StudyConfigError, parse_study_config
+
+    new = config.model_dump(mode="json")
+    saved = study.user_attrs.get("config")
+    if saved is None:  # a study no hybridnas driver created, or created before configs were saved
+        study.set_user_attr("config", new)
+        return
+    try:
+        saved = parse_study_config(saved).model_dump(mode="json")
+    except StudyConfigError as exc:
+        raise StudyChanged(f"study {config.name}: its saved config no longer reads ({exc}); "
+                           "run it under a new study name (--set name=...)") from None
+    changes = check_relaunch(config.name, saved, new, allow_change)
+    if changes:
+        allowed = [{"key": c.key, "old": c.old, "new": c.new, "at": dt.datetime.now(dt.UTC).isoformat()}
+                   for c in changes if c.kind == "allowable"]
+        if allowed:
+            study.set_user_attr("config_history", [*study.user_attrs.get("config_history", []), *allowed])
+        study.set_user_attr("config", new)
+
+
+def _check_before_writing(config, space, url: str, ray_address: str | None) -> None:
+    """What would fail every trial, checked before a study row, a baseline or a training
+    step exists: the enqueued candidates, the Ray address, the corpus, the runs folder, and
+    each baseline against the budget (one training sequence at least)."""
+    from hybridnas.studies.config import StudyConfigError
+    from hybridnas.trainer.data import check_corpus
+    from hybridnas.trainer.train import BudgetError, make_plan
+
+    space.check_enqueued()
+    if ray_address not in (None, "auto", "local"):
+        check_address(ray_address)
+    check_corpus(config.trainer.corpus)
+    check_writable_dir(runs_dir_for(url, config.name), "the runs folder")
+    for name, spec in space.baseline_specs().items():
+        try:
+            make_plan(spec, config.budget.flops, config.trainer)
+        except BudgetError as exc:
+            raise StudyConfigError(f"budget.flops={config.budget.flops:g}: too small for baseline {name}: "
+                                   f"{exc}") from None
 
 
 def launch(target: str, *, storage: str | None = None, ray_address: str | None = None, trials: int | None = None,
-           progress: bool = True, settings: dict[str, Any] | None = None) -> LaunchReport:
+           progress: bool = True, settings: dict[str, Any] | None = None,
+           allow_change: tuple[str, ...] = ()) -> LaunchReport:
     """Run the study ``target`` (a preset or a study file) with ``settings`` (dotted keys, as
-    ``load_study_config`` takes them: ``{"budget.flops": 1.6e15, "name": "bae-small-4x"}``)."""
-    import ray
-    from ray import tune
-
+    ``load_study_config`` takes them: ``{"budget.flops": 1.6e15, "name": "bae-small-4x"}``).
+    Relaunching a study with a changed config raises StudyChanged unless every change is
+    free or named in ``allow_change`` (studies/changes.py)."""
     from hybridnas.studies.config import load_study_config
     from hybridnas.studies.space import SearchSpace, make_sampler
-    from hybridnas.studies.worker import run_trial
 
     given = {"storage": storage, "trials": trials}
     overrides = {**(settings or {}), **{k: v for k, v in given.items() if v is not None}}
     config = load_study_config(target, **overrides)
     space = SearchSpace(config)
-    space.check_enqueued()  # before anything is written
     url = normalize_url(config.storage)
+    _check_before_writing(config, space, url, ray_address)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress line says what Optuna's INFO lines did
     store = ResultsStore(url)
     store.create()
-    study = optuna.create_study(
-        study_name=config.name, storage=url, sampler=make_sampler(config), load_if_exists=True,
-        directions=list(config.directions),
-    )
-    if not study.get_trials(deepcopy=False):
-        study.set_user_attr("config", config.model_dump(mode="json"))
-        for name in config.baselines:
-            # a baseline the space cannot express (e.g. pure attention where fusion is fixed)
-            # is enqueued without parameters and trained from its spec as it is
-            study.enqueue_trial(space.baseline_params(name) or {}, user_attrs={"baseline": name})
-        for i, params in enumerate(config.enqueue):
-            study.enqueue_trial(dict(params), user_attrs={"enqueued": i})
-    _reconcile(study, store)
+    with take_lease(store, config.name):  # a live driver of this study: StudyBusy, nothing touched
+        study = optuna.create_study(
+            study_name=config.name, storage=url, sampler=make_sampler(config), load_if_exists=True,
+            directions=list(config.directions),
+        )
+        if study.get_trials(deepcopy=False):
+            _check_saved_config(study, config, allow_change)
+        else:
+            study.set_user_attr("config", config.model_dump(mode="json"))
+            for name in config.baselines:
+                # a baseline the space cannot express (e.g. pure attention where fusion is fixed)
+                # is enqueued without parameters and trained from its spec as it is
+                study.enqueue_trial(space.baseline_params(name) or {}, user_attrs={"baseline": name})
+            for i, params in enumerate(config.enqueue):
+                study.enqueue_trial(dict(params), user_attrs={"enqueued": i})
+        _reconcile(study, store, config.refs, "the driver stopped while it ran; its candidate was requeued")
+        tally = _run(study, space, config, store, url, ray_address, progress)
+    report = LaunchReport(config.name, url, tally, pareto_rows(store, config), list(config.refs))
+    store.dispose()
+    return report
 
-    if not ray.is_initialized():
-        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+def _run(study: optuna.Study, space, config, store: ResultsStore, url: str, ray_address: str | None,
+         progress: bool) -> Tally:
+    """Tune runs the study's trials on Ray until it has its number of trials (or the space is
+    exhausted). Ctrl-C stops the workers, settles every trial they ran and raises StudyInterrupted."""
+    import ray
+    from ray import tune
+
+    from hybridnas.studies.worker import run_trial
+
+    ensure_ray(ray_address)
     gpus = ray.cluster_resources().get("GPU", 0)
     resources: dict[str, float] = {"gpu": 1, "cpu": 2} if gpus else {"cpu": 1}
 
@@ -116,6 +221,9 @@ def launch(target: str, *, storage: str | None = None, ray_address: str | None =
     if progress:
         bridge.on_change = _ProgressLine(bridge, config.trials)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables on stdout
+    # Ctrl-C reaches this process as KeyboardInterrupt, not Tune's handler, whose "resume with
+    # Tuner.restore" is wrong for hybridnas (the same launch command resumes a study)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     tuner = tune.Tuner(
         tune.with_resources(run_trial, resources),
         tune_config=tune.TuneConfig(search_alg=bridge, scheduler=scheduler, num_samples=-1,
@@ -123,10 +231,14 @@ def launch(target: str, *, storage: str | None = None, ray_address: str | None =
         run_config=tune.RunConfig(name="tune", storage_path=str(runs), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=1)),
     )
-    tuner.fit()
-    report = LaunchReport(config.name, url, tally, pareto_rows(store, config), list(config.refs))
-    store.dispose()
-    return report
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        ray.shutdown()  # the workers are this driver's actors: they stop with it
+        reason = "interrupted (Ctrl-C) while it ran; its candidate was requeued"
+        requeued = _reconcile(study, store, config.refs, reason)
+        raise StudyInterrupted(config.name, requeued) from None
+    return tally
 
 
 def pareto_rows(store: ResultsStore, config) -> list[dict]:

@@ -16,7 +16,7 @@ import optuna
 
 from hybridnas.pareto import pareto_front
 from hybridnas.studies.objectives import ObjectiveRef
-from hybridnas.studies.storage import TRIALS, ResultsStore, StorageError, normalize_url, status_counts, with_metrics
+from hybridnas.studies.storage import TRIALS, ResultsStore, StorageError, status_counts, with_metrics
 from hybridnas.studies.where import QueryError, parse_where
 
 __all__ = ["QUERY_COLUMNS", "list_studies", "query_study", "format_rows", "QueryError"]
@@ -28,7 +28,8 @@ TABLE_COLUMNS = ("trial", "status", "pattern", "fusion", "merge_op", "n_attn", "
 
 
 def _open(storage: str) -> ResultsStore:
-    store = ResultsStore(storage)
+    """The study database, read-only: a reader never creates a file, a table or a WAL."""
+    store = ResultsStore(storage, readonly=True)
     if not store.has_table():
         raise StorageError(f"storage {storage}: no hybridnas studies here (run hybridnas launch first)")
     return store
@@ -38,8 +39,10 @@ def list_studies(storage: str) -> list[dict[str, Any]]:
     """[{study, trials, complete, pruned, fail, running, copy, best_val_loss}] for every
     study; ``trials`` counts Optuna's trials (copies and infeasible suggestions included)."""
     store = _open(storage)
+    reader = store.optuna_reader()
+    summaries = optuna.get_all_study_summaries(reader, include_best_trial=False) if reader is not None else []
     out = []
-    for summary in optuna.get_all_study_summaries(normalize_url(storage), include_best_trial=False):
+    for summary in summaries:
         rows = store.rows(summary.study_name)
         counts = status_counts(rows)
         losses = [r["val_loss"] for r in rows if r["status"] == "complete" and r["val_loss"] is not None]
@@ -100,6 +103,10 @@ def _first_front(rows: list[dict], objectives: list[str]) -> list[dict]:
             raise QueryError(
                 f"--pareto: unknown objective {name!r} (e.g. val_loss, params, cache_bytes, decode_tokens_per_s)"
             )
+        column = QUERY_COLUMNS.get(name)
+        if column is not None and column.type.python_type not in (int, float):
+            raise QueryError(f"--pareto: {name!r} is not a number; a front needs numeric columns "
+                             "(e.g. val_loss, params, cache_bytes)")
     refs = [ObjectiveRef.parse(name) for name in objectives]  # a registered objective's direction, else minimised
     candidates = [r for r in rows if r["status"] == "complete" and all(r.get(n) is not None for n in objectives)]
     if not candidates:

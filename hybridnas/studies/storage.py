@@ -7,13 +7,18 @@ loss curve, status and failure reason, hardware, library versions and wall time.
 study driver writes it; the dashboard and ``hybridnas query`` read it.
 
 SQLite runs in WAL mode, so readers see committed rows while the driver writes; PostgreSQL is
-reached through psycopg 3 (``postgresql://`` URLs are read as ``postgresql+psycopg://``).
+reached through psycopg 3 (``postgresql://`` URLs are read as ``postgresql+psycopg://``), with
+a bounded connect timeout. A read-only store (``readonly=True``, every read command's) and its
+:meth:`ResultsStore.optuna_reader` cannot write: SQLite's ``mode=ro`` (no file, folder, table
+or WAL switch is ever created; a reader of a WAL database shares its ``-shm`` file as SQLite
+requires) and PostgreSQL's ``default_transaction_read_only``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -132,18 +137,29 @@ def normalize_url(url: str) -> str:
 _loads = orjson.loads
 
 
-def _engine(url: str, readonly: bool = False) -> Engine:
+def _engine(url: str, readonly: bool = False) -> tuple[Engine, Any]:
+    """The engine for ``url`` and, for a read-only SQLite file, its connection factory (which
+    Optuna's reader shares). Read-only never creates anything: a missing file is an error."""
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         path = parsed.database
+        creator = None
         if readonly and path and path != ":memory:":
-            # SQLite's own read-only mode: a reader can never change the file
-            uri = Path(path).expanduser().resolve().as_uri() + "?mode=ro"
-            engine = create_engine("sqlite://", creator=lambda: _sqlite_connect_readonly(uri), json_deserializer=_loads)
+            file = Path(path).expanduser()
+            if not file.is_file():
+                raise StorageError(f"storage {url}: no such file {file}" if not file.exists()
+                                   else f"storage {url}: {file} is not a file")
+            # SQLite's own read-only mode: a reader can never change the file (no WAL switch either)
+            uri = file.resolve().as_uri() + "?mode=ro"
+            creator = partial(_sqlite_connect_readonly, uri)
+            engine = create_engine("sqlite://", creator=creator, json_deserializer=_loads)
         else:
             if path and path != ":memory:":
-                Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StorageError(f"storage {url}: its folder cannot be created ({exc.strerror or exc})") from None
             engine = create_engine(url, connect_args={"timeout": 60}, json_deserializer=_loads)
 
         @event.listens_for(engine, "connect")
@@ -154,16 +170,27 @@ def _engine(url: str, readonly: bool = False) -> Engine:
             cursor.execute("PRAGMA busy_timeout=60000")
             cursor.close()
 
-        return engine
+        return engine, creator
     if readonly:  # the URL's own options (a search_path, say) kept
-        options = f"{parsed.query.get('options', '')} -c default_transaction_read_only=on".strip()
-        url = parsed.update_query_dict({"options": options}).render_as_string(hide_password=False)
+        url = _readonly_postgres_url(url)
     try:
-        return create_engine(url, pool_pre_ping=True, json_deserializer=_loads)
+        # a bounded connect: a closed port or an unreachable host fails in seconds, not minutes
+        return create_engine(url, pool_pre_ping=True, json_deserializer=_loads,
+                             connect_args={"connect_timeout": CONNECT_TIMEOUT_S}), None
     except ImportError as exc:  # the PostgreSQL driver
         raise StorageError(
             f"storage {parsed.render_as_string()}: needs psycopg 3 (pip install psycopg): {exc}"
         ) from None
+
+
+CONNECT_TIMEOUT_S = 10
+
+
+def _readonly_postgres_url(url: str) -> str:
+    """``url`` with every transaction read-only (``default_transaction_read_only``)."""
+    parsed = make_url(url)
+    options = f"{parsed.query.get('options', '')} -c default_transaction_read_only=on".strip()
+    return parsed.update_query_dict({"options": options}).render_as_string(hide_password=False)
 
 
 def _add_missing_columns(conn) -> None:
@@ -204,13 +231,49 @@ class ResultsStore:
     def __init__(self, url: str, *, readonly: bool = False) -> None:
         self.url = normalize_url(url)
         self.given_url = url  # as the user wrote it, for messages
-        self.engine = _engine(self.url, readonly)
+        self.readonly = readonly
+        self.engine, self._creator = _engine(self.url, readonly)
         self._columns: list | None = None
+
+    def optuna_reader(self):
+        """Optuna's storage in the same database, opened as this store is (read-only: SQLite's
+        read-only mode, or read-only transactions), creating no table; None where Optuna's
+        tables are absent (a database that only holds ``hybridnas_trials``). A read-write
+        store returns a plain RDBStorage of its URL."""
+        import optuna
+        from sqlalchemy import inspect
+
+        if not self.readonly:
+            return optuna.storages.RDBStorage(self.url)
+        try:
+            tables = set(inspect(self.engine).get_table_names())
+        except DBAPIError as exc:
+            raise self._unreadable(exc) from None
+        if not {"studies", "version_info", "alembic_version"} <= tables:
+            return None
+        if self._creator is not None:  # SQLite: the same read-only connections
+            return optuna.storages.RDBStorage("sqlite://", engine_kwargs={"creator": self._creator},
+                                              skip_table_creation=True)
+        return optuna.storages.RDBStorage(_readonly_postgres_url(self.url), skip_table_creation=True,
+                                          engine_kwargs={"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}})
+
+    def _unreadable(self, exc: DBAPIError) -> StorageError:
+        first = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
+        return StorageError(f"storage {self.given_url}: cannot be read ({type(exc.orig or exc).__name__}: {first})")
 
     def create(self) -> None:
         """Create the tables, or upgrade those an older hybridnas wrote to SCHEMA_VERSION, so
         that a study can be resumed across versions. Raises StorageError for a table written
         by a newer hybridnas."""
+        try:
+            self._create()
+        except DBAPIError as exc:  # a refused connection, not a database, a read-only file or folder
+            first = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0]
+            raise StorageError(f"storage {self.given_url}: cannot be written "
+                               f"({type(exc.orig or exc).__name__}: {first})") from None
+        self._columns = None
+
+    def _create(self) -> None:
         from sqlalchemy import inspect
 
         with self.engine.begin() as conn:
@@ -227,7 +290,6 @@ class ResultsStore:
             for step in range(version, SCHEMA_VERSION):
                 _UPGRADES[step](conn)
             conn.execute(SCHEMA.update().values(version=SCHEMA_VERSION))
-        self._columns = None
 
     def schema_version(self) -> int | None:
         """The results table's schema version; None when there is no table."""
@@ -304,9 +366,8 @@ class ResultsStore:
 
         try:
             return inspect(self.engine).has_table(TRIALS.name)
-        except DBAPIError as exc:  # the first read: a missing file (read-only), a refused connection, not a database
-            first = str(exc).splitlines()[0]
-            raise StorageError(f"storage {self.given_url}: cannot be read ({type(exc).__name__}: {first})") from None
+        except DBAPIError as exc:  # the first read: a refused connection, not a database, a locked file
+            raise self._unreadable(exc) from None
 
     def dispose(self) -> None:
         self.engine.dispose()

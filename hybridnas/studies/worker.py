@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from hybridnas.errors import UserError
 from hybridnas.studies.protocol import TrialReport, TrialRequest, report_to_tune, request_from_tune
 
 if TYPE_CHECKING:
@@ -60,8 +61,13 @@ def run_trial(config: dict) -> None:
                     "out_dir": str(trial_dir / f"seed-{seed}")}
         if not first:  # the learning rate is the candidate's, chosen once: later seeds train at it
             settings.update(lr=results[0].lr, lr_grid=())
-        result = train(request.spec, request.budget_flops, TrainConfig(**settings),
-                       rung_callback=at_rung if first else None, resume_from=resume_from if first else None)
+        try:
+            result = train(request.spec, request.budget_flops, TrainConfig(**settings),
+                           rung_callback=at_rung if first else None, resume_from=resume_from if first else None)
+        except UserError as exc:  # the settings' fault (a corpus with one document, say): a result, not a crash
+            tune.report(report_to_tune(TrialReport(rung=None, status="error", failure=f"{type(exc).__name__}: {exc}",
+                                                   wall_s=time.perf_counter() - started, hardware=_hardware())))
+            return
         results.append(result)
         if result.status != "complete":
             break

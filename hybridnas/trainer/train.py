@@ -51,7 +51,7 @@ import torch
 from hybridnas.errors import UserError
 from hybridnas.model import HybridLM
 from hybridnas.search_space import ArchSpec, train_flops_per_token
-from hybridnas.trainer.config import TrainConfig
+from hybridnas.trainer.config import MAX_FLOPS, TrainConfig
 from hybridnas.trainer.data import TokenData, load_tokens
 
 __all__ = [
@@ -118,6 +118,8 @@ class Plan:
 
 
 def make_plan(spec: ArchSpec, budget_flops: float, config: TrainConfig) -> Plan:
+    if not 0 < budget_flops <= MAX_FLOPS:  # NaN fails too
+        raise BudgetError(f"budget {budget_flops:.3g} FLOPs: must be a positive number of at most {MAX_FLOPS:.0e}")
     t = config.seq_len
     fpt = train_flops_per_token(spec, t)
     total_seqs = round(budget_flops / (fpt * t))
@@ -546,7 +548,8 @@ class Run(_Record):
 
     def load(self, path: str | Path) -> None:
         try:
-            payload = torch.load(path, map_location=self.device, weights_only=False)
+            # tensors and plain data only: a checkpoint in a shared runs directory cannot run code here
+            payload = torch.load(path, map_location=self.device, weights_only=True)
         except FileNotFoundError:
             raise CheckpointError(f"checkpoint {path}: no such file") from None
         except Exception as exc:
