@@ -66,11 +66,11 @@ def param_importances(storage: str, study: str, evaluator: str = "ped-anova", se
     from optuna.importance import get_param_importances
 
     from hybridnas.analysis.study import study_objectives
-    from hybridnas.studies.storage import ResultsStore
+    from hybridnas.studies.storage import optuna_reader
 
     if evaluator not in EVALUATORS:
         raise ValueError(f"evaluator {evaluator!r}: expected one of {', '.join(EVALUATORS)}")
-    reader = ResultsStore(storage, readonly=True).optuna_reader()
+    reader = optuna_reader(storage)
     if reader is None:
         raise ValueError(f"study {study!r}: no Optuna study in {storage}, so no parameters to judge")
     loaded = optuna.load_study(study_name=study, storage=reader)

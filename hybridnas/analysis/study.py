@@ -22,7 +22,7 @@ import numpy as np
 
 from hybridnas.errors import UserError
 from hybridnas.studies.objectives import ObjectiveRef, default_direction, names
-from hybridnas.studies.storage import TRIALS, ResultsStore, normalize_url, with_metrics
+from hybridnas.studies.storage import TRIALS, ResultsStore, normalize_url, optuna_reader, with_metrics
 
 __all__ = [
     "DIMENSIONS",
@@ -163,7 +163,7 @@ def _stored_config(storage: str, study: str) -> str | None:
     created, and opening Optuna's storage checks its schema version (a fifth of a second)."""
     import optuna
 
-    reader = ResultsStore(storage, readonly=True).optuna_reader()
+    reader = optuna_reader(storage)
     if reader is None:  # a database holding hybridnas_trials only
         return None
     config = optuna.load_study(study_name=study, storage=reader).user_attrs.get("config")

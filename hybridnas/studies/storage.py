@@ -49,8 +49,8 @@ from hybridnas.errors import UserError
 from hybridnas.search_space import ArchSpec
 from hybridnas.studies.objectives import REGISTRY
 
-__all__ = ["SCHEMA_VERSION", "STATUSES", "TRIALS", "ResultsStore", "StorageError", "normalize_url", "spec_columns",
-           "status_counts", "with_metrics"]
+__all__ = ["SCHEMA_VERSION", "STATUSES", "TRIALS", "ResultsStore", "StorageError", "normalize_url", "optuna_reader",
+           "spec_columns", "status_counts", "with_metrics"]
 
 
 class StorageError(UserError):
@@ -248,7 +248,7 @@ class ResultsStore:
         try:
             tables = set(inspect(self.engine).get_table_names())
         except DBAPIError as exc:
-            raise self._unreadable(exc) from None
+            raise self._unusable(exc, "read") from None
         if not {"studies", "version_info", "alembic_version"} <= tables:
             return None
         if self._creator is not None:  # SQLite: the same read-only connections
@@ -257,9 +257,11 @@ class ResultsStore:
         return optuna.storages.RDBStorage(_readonly_postgres_url(self.url), skip_table_creation=True,
                                           engine_kwargs={"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}})
 
-    def _unreadable(self, exc: DBAPIError) -> StorageError:
-        first = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
-        return StorageError(f"storage {self.given_url}: cannot be read ({type(exc.orig or exc).__name__}: {first})")
+    def _unusable(self, exc: DBAPIError, verb: str) -> StorageError:
+        """The driver's error as one line: ``storage URL: cannot be read (OperationalError: ...)``."""
+        cause = exc.orig if exc.orig is not None else exc
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        return StorageError(f"storage {self.given_url}: cannot be {verb} ({type(cause).__name__}: {first})")
 
     def create(self) -> None:
         """Create the tables, or upgrade those an older hybridnas wrote to SCHEMA_VERSION, so
@@ -268,9 +270,7 @@ class ResultsStore:
         try:
             self._create()
         except DBAPIError as exc:  # a refused connection, not a database, a read-only file or folder
-            first = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0]
-            raise StorageError(f"storage {self.given_url}: cannot be written "
-                               f"({type(exc.orig or exc).__name__}: {first})") from None
+            raise self._unusable(exc, "written") from None
         self._columns = None
 
     def _create(self) -> None:
@@ -367,10 +367,21 @@ class ResultsStore:
         try:
             return inspect(self.engine).has_table(TRIALS.name)
         except DBAPIError as exc:  # the first read: a refused connection, not a database, a locked file
-            raise self._unreadable(exc) from None
+            raise self._unusable(exc, "read") from None
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def optuna_reader(url: str):
+    """Optuna's storage at ``url``, read-only (:meth:`ResultsStore.optuna_reader`), for a reader
+    that needs Optuna's tables only; None where they are absent. The store opened to find them
+    is closed: the reader keeps its own engine."""
+    store = ResultsStore(url, readonly=True)
+    try:
+        return store.optuna_reader()
+    finally:
+        store.dispose()
 
 
 # Optuna's states as the table spells them, and "copy": a suggestion identical to an evaluated
