@@ -1,10 +1,10 @@
 """Ray, started or joined in one place: every ``ray.init`` of hybridnas goes through :func:`ensure_ray`.
 
-- **Embedded** (no address): Ray starts here with its node address 127.0.0.1, so the
-  services whose bind address Ray takes from the node (the runtime-env agent, the object
-  manager's advertised address) stay on this host, and with Ray's token authentication left
-  as Ray sets it (on by default for local clusters since Ray 2.59): a process that reaches a
-  port still needs the token Ray keeps in ``~/.ray``. hybridnas never sets ``RAY_AUTH_MODE``.
+- **Embedded** (no address): Ray starts here as a one-machine Ray whose every server (GCS,
+  raylet, workers, object manager, runtime-env agent) listens on 127.0.0.1 only, and with
+  Ray's token authentication left as Ray sets it (on by default since Ray 2.59): a process
+  on this host that reaches a port still needs the token Ray keeps in ``~/.ray``. hybridnas
+  never sets ``RAY_AUTH_MODE``. (tests/test_cluster.py reads the sockets from /proc.)
 - **A cluster** (``--ray-address host:port``): the address is checked and its port tried with
   a bounded timeout before Ray is asked, so a typo or a closed port is one clear line in
   seconds, not minutes of Ray's retries.
@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -20,7 +21,11 @@ from hybridnas.errors import UserError
 __all__ = ["CONNECT_TIMEOUT_S", "RayAddressError", "check_address", "ensure_ray"]
 
 CONNECT_TIMEOUT_S = 5.0
-LOCAL_NODE_IP = "127.0.0.1"
+# Ray's servers listen on the node's address, and on Linux ray.init(_node_ip_address="127.0.0.1")
+# is turned back into this host's outward address (services.resolve_ip_for_localhost), so they
+# listen on every interface. The loopback node address comes from Ray's one-machine mode, the
+# one it runs on macOS and Windows: this switch off (ray_constants.ENABLE_RAY_CLUSTER).
+ONE_MACHINE_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 class RayAddressError(UserError):
@@ -56,7 +61,8 @@ def ensure_ray(address: str | None = None, **options: Any) -> None:
         return
     options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False, **options}
     if address is None or address == "local":
-        ray.init(_node_ip_address=LOCAL_NODE_IP, **options)
+        _one_machine()
+        ray.init(**options)
         return
     if address != "auto":
         check_address(address)
@@ -64,4 +70,17 @@ def ensure_ray(address: str | None = None, **options: Any) -> None:
         ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:  # Ray's "could not connect", a version mismatch
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if os.environ.get("RAY_AUTH_MODE") != "token":  # Ray turns token auth on by itself only for "auto"
+            first += ("; a head with token authentication (Ray's default) is joined with RAY_AUTH_MODE=token "
+                      "and its token in RAY_AUTH_TOKEN or ~/.ray/auth_token")
         raise RayAddressError(f"--ray-address {address}: {first}") from None
+
+
+def _one_machine() -> None:
+    """Ray's one-machine mode: its node address is the loopback one. The environment carries
+    the switch to the processes Ray starts; the constant is set too because Ray read it when
+    this process imported Ray. (Joining a cluster leaves both as Ray has them.)"""
+    from ray._private import ray_constants
+
+    os.environ[ONE_MACHINE_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False

@@ -13,6 +13,7 @@ import socket
 import sqlite3
 
 import pytest
+import torch
 
 from hybridnas.cli import main
 
@@ -45,6 +46,9 @@ CASES = [
     ("train", "M-M-", "--flops", "1e12", "--tokenizer", "nope"),
     ("train", "M-M-", "--flops", "1e12", "--seq-len", "99999999"),
     ("train", "M" * 3000, "--flops", "1e12"),
+    ("train", "*-*-", "--d-model", "32768", "--flops", "1e18", "--tokenizer", "bytes"),
+    ("train", "M-M-", "--flops", "1e12", "--corpus", "{tmp}/one-doc.txt"),
+    ("train", "M-M-", "--flops", "1e12", "--corpus", "{tmp}/late-latin1.txt"),
     # launch: bad files and settings, before anything is written
     ("launch", "{tmp}/binary.toml", "--storage", DB),
     ("launch", "{tmp}/huge.toml", "--storage", DB),
@@ -59,6 +63,12 @@ CASES = [
     ("launch", "quickstart", "--storage", DB, "--set", "size.d_model=30000"),
     ("launch", "quickstart", "--storage", DB, "--set", "trainer.corpus={tmp}/no-such-corpus"),
     ("launch", "quickstart", "--storage", DB, "--set", "trainer.lr=nan"),
+    ("launch", "quickstart", "--storage", DB, "--set", "size.d_model=32768", "--set", "budget.flops=1e18"),
+    ("launch", "quickstart", "--storage", DB, "--set", "trainer.corpus={tmp}/one-doc.txt"),
+    ("launch", "quickstart", "--storage", DB, "--set", "trainer.corpus={tmp}/tiny-docs.txt"),
+    ("launch", "quickstart", "--storage", DB, "--set", "trainer.corpus={tmp}/late-latin1.txt"),
+    pytest.param(("launch", "quickstart", "--storage", DB, "--set", "trainer.device=cuda"),
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU here would train")),
     ("launch", "quickstart", "--storage", DB, "--trials", "0"),
     ("launch", "quickstart", "--storage", DB, "--ray-address", "not an address"),
     ("launch", "quickstart", "--storage", DB, "--ray-address", "127.0.0.1:1"),
@@ -144,6 +154,10 @@ def scratch(tmp_path_factory):
     (folder / "huge.toml").write_text('name = "huge"\n' + "# padding\n" * 200_000)
     (folder / "corrupt.db").write_bytes(b"not a database " * 100)
     (folder / "folder.db").mkdir()
+    (folder / "one-doc.txt").write_text("just one document\n")
+    (folder / "tiny-docs.txt").write_text("first tiny\n<|endoftext|>\nsecond tiny\n<|endoftext|>\nthird\n")
+    # a byte that is not UTF-8 past the first 64 kB, where a sampled check would not look
+    (folder / "late-latin1.txt").write_bytes(b"plain ascii text. " * 6000 + b"\n<|endoftext|>\ncaf\xe9\n")
     return folder
 
 
@@ -170,7 +184,8 @@ def test_hostile_input_is_one_clean_line_and_changes_nothing(capsys, monkeypatch
 
 
 def test_there_are_at_least_sixty_cases_over_every_entry_point():
-    commands = {" ".join(c[:2]) if c[0] == "proxy" else c[0] for c in CASES}
+    cases = [c.values[0] if hasattr(c, "marks") else c for c in CASES]  # a pytest.param holds its case
+    commands = {" ".join(c[:2]) if c[0] == "proxy" else c[0] for c in cases}
     assert len(CASES) >= 60
     assert commands == {"inspect", "train", "launch", "query", "studies", "report", "fidelity", "dashboard",
                         "proxy recall"}

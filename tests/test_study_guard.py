@@ -19,7 +19,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from hybridnas.cli import main
 from hybridnas.cluster import ensure_ray
@@ -60,6 +60,25 @@ def test_an_expired_lease_is_taken_over_once(database_url):
         assert new.taken_over is not None and new.taken_over.owner == stale.owner
         with pytest.raises(StudyBusy):
             take_lease(store, "s")
+
+
+def test_the_heartbeat_outlives_a_database_that_is_away_for_a_while(database_url, monkeypatch):
+    from hybridnas.studies import lease
+
+    monkeypatch.setattr(lease, "HEARTBEAT_S", 0.1)
+    store = _store(database_url)
+    with take_lease(store, "s") as held:
+        with store.engine.begin() as conn:  # the lease table gone: each beat's UPDATE fails
+            conn.execute(text("ALTER TABLE hybridnas_leases RENAME TO hybridnas_leases_away"))
+        time.sleep(1.0)
+        with store.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE hybridnas_leases_away RENAME TO hybridnas_leases"))
+            conn.execute(update(LEASES).values(expires_at=dt.datetime(2000, 1, 1)))
+        assert held._thread.is_alive()
+        deadline = time.monotonic() + 10
+        while holder(store, "s").expires_at < dt.datetime(2001, 1, 1):  # renewed again
+            assert time.monotonic() < deadline, "the heartbeat stopped with the database"
+            time.sleep(0.05)
 
 
 def test_a_dead_drivers_lease_on_this_host_is_taken_over_at_once(database_url):
@@ -256,23 +275,22 @@ def test_a_read_command_leaves_the_files_as_they_were(capsys, tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_settings_that_fail_every_trial_stop_the_study_and_count_no_trial(capsys, tmp_path):
-    """A corpus that exists and reads as text but holds one document (no validation split):
-    every trial fails alike on its worker. The study stops after the first three, exits 1 with
-    the reason, and counts none of them, so the same study with a fixed file trains for real."""
-    one_document = tmp_path / "one.txt"
-    one_document.write_text("A single document, with no blank line to split it into two.\n")
+    """A budget below one training sequence of any candidate, and no baselines (those launch
+    checks against the budget before it writes): every trial fails alike on its worker. The
+    study stops after the first three, exits 1 with the reason, and counts none of them, so
+    the same study with a fixed file trains for real."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
     ensure_ray(num_cpus=2)
     try:
         code = main(["launch", "test-tiny", "--storage", url, "--trials", "6",
-                     "--set", f"trainer.corpus={one_document}"])
+                     "--set", "baselines=[]", "--set", "budget.flops=1000"])
     finally:
         import ray
 
         ray.shutdown()
     out = capsys.readouterr().out
     assert code == 1, out
-    assert "first 3 trials failed alike" in out and "document" in out, out
+    assert "first 3 trials failed alike" in out and "less than one training sequence" in out, out
     study = optuna.load_study(study_name="test-tiny", storage=url)
     failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
     assert len(failed) == 3 and all(t.user_attrs["not_counted"] for t in failed)

@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 
-from hybridnas.cluster import check_address, ensure_ray
+from hybridnas.cluster import ensure_ray
 from hybridnas.errors import check_writable_dir
 from hybridnas.pareto import pareto_front
 from hybridnas.studies.driver import WAITING, OptunaBridge, ParetoScheduler, Tally
@@ -109,10 +109,19 @@ class StudyInterrupted(Exception):
         self.study, self.requeued = study, requeued
 
 
-def _check_saved_config(study: optuna.Study, config, allow_change: tuple[str, ...]) -> None:
+def _saved_study(url: str, name: str) -> optuna.Study | None:
+    """The study ``name`` if it exists with trials (one created without any is begun afresh)."""
+    if name not in optuna.get_all_study_names(url):
+        return None
+    study = optuna.load_study(study_name=name, storage=url)
+    return study if study.get_trials(deepcopy=False) else None
+
+
+def _check_saved_config(study: optuna.Study, config, allow_change: tuple[str, ...]) -> dict[str, Any]:
     """A relaunch runs the study it was created as (studies/changes.py): the saved config,
-    read with today's defaults for keys it predates, against the new one. Accepted changes
-    are saved, the allowed ones also kept in ``config_history``."""
+    read with today's defaults for keys it predates, against the new one. Raises StudyChanged
+    for a change not accepted; returns the study attributes to save (the new config, and the
+    allowed changes in ``config_history``), which launch writes once Ray has been joined."""
     import datetime as dt
 
     from hybridnas.studies.changes import StudyChanged, check_relaunch
@@ -121,41 +130,50 @@ def _check_saved_config(study: optuna.Study, config, allow_change: tuple[str, ..
     new = config.model_dump(mode="json")
     saved = study.user_attrs.get("config")
     if saved is None:  # a study no hybridnas driver created, or created before configs were saved
-        study.set_user_attr("config", new)
-        return
+        return {"config": new}
     try:
         saved = parse_study_config(saved).model_dump(mode="json")
     except StudyConfigError as exc:
         raise StudyChanged(f"study {config.name}: its saved config no longer reads ({exc}); "
                            "run it under a new study name (--set name=...)") from None
     changes = check_relaunch(config.name, saved, new, allow_change)
-    if changes:
-        allowed = [{"key": c.key, "old": c.old, "new": c.new, "at": dt.datetime.now(dt.UTC).isoformat()}
-                   for c in changes if c.kind == "allowable"]
-        if allowed:
-            study.set_user_attr("config_history", [*study.user_attrs.get("config_history", []), *allowed])
-        study.set_user_attr("config", new)
+    if not changes:
+        return {}
+    allowed = [{"key": c.key, "old": c.old, "new": c.new, "at": dt.datetime.now(dt.UTC).isoformat()}
+               for c in changes if c.kind == "allowable"]
+    history = {"config_history": [*study.user_attrs.get("config_history", []), *allowed]} if allowed else {}
+    return {**history, "config": new}
 
 
-def _check_before_writing(config, space, url: str, ray_address: str | None) -> None:
+def _check_before_writing(config, space, url: str, local: bool) -> None:
     """What would fail every trial, checked before a study row, a baseline or a training
-    step exists: the enqueued candidates, the Ray address, the corpus, the runs folder, and
-    each baseline against the budget (one training sequence at least)."""
+    step exists: the enqueued candidates, the runs folder, the corpus (tokenized here, into
+    the token cache the workers then read: once per corpus and tokenizer), and each baseline
+    against the budget (one training sequence at least) and, where the trials run on this
+    host (``local``), its device and memory (trainer/memory.py)."""
+    from hybridnas.search_space import ArchSpec
     from hybridnas.studies.config import StudyConfigError
-    from hybridnas.trainer.data import check_corpus
-    from hybridnas.trainer.train import BudgetError, make_plan
+    from hybridnas.trainer import load_tokens
+    from hybridnas.trainer.memory import FitError, check_fits
+    from hybridnas.trainer.train import BudgetError, forward_seqs, make_plan, training_device
 
+    t = config.trainer
     space.check_enqueued()
-    if ray_address not in (None, "auto", "local"):
-        check_address(ray_address)
-    check_corpus(config.trainer.corpus)
     check_writable_dir(runs_dir_for(url, config.name), "the runs folder")
+    data = load_tokens(t.corpus, t.tokenizer, t.vocab_size, t.val_fraction, t.cache_dir)
+    data.check_trainable(t.seq_len)
+    device = training_device(t) if local else None
     for name, spec in space.baseline_specs().items():
+        spec = ArchSpec.from_dict({**spec.to_dict(), "vocab_size": data.vocab_size})  # as train() sets it
         try:
-            make_plan(spec, config.budget.flops, config.trainer)
+            plan = make_plan(spec, config.budget.flops, t)
+            if device is not None:
+                check_fits(spec, plan.seq_len, forward_seqs(plan, t), device)
         except BudgetError as exc:
             raise StudyConfigError(f"budget.flops={config.budget.flops:g}: too small for baseline {name}: "
                                    f"{exc}") from None
+        except FitError as exc:
+            raise StudyConfigError(f"baseline {name}: {exc}") from None
 
 
 def launch(target: str, *, storage: str | None = None, ray_address: str | None = None, trials: int | None = None,
@@ -173,18 +191,21 @@ def launch(target: str, *, storage: str | None = None, ray_address: str | None =
     config = load_study_config(target, **overrides)
     space = SearchSpace(config)
     url = normalize_url(config.storage)
-    _check_before_writing(config, space, url, ray_address)
+    _check_before_writing(config, space, url, local=ray_address in (None, "local"))
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress line says what Optuna's INFO lines did
     store = ResultsStore(url)
-    store.create()
+    store.create()  # the tables only: storage that cannot be written is one line before Ray starts
     with take_lease(store, config.name):  # a live driver of this study: StudyBusy, nothing touched
+        resumed = _saved_study(url, config.name)
+        accepted = _check_saved_config(resumed, config, allow_change) if resumed is not None else {}
+        ensure_ray(ray_address)  # before the study is written to: a cluster that refuses this driver changes nothing
         study = optuna.create_study(
             study_name=config.name, storage=url, sampler=make_sampler(config), load_if_exists=True,
             directions=list(config.directions),
         )
-        if study.get_trials(deepcopy=False):
-            _check_saved_config(study, config, allow_change)
-        else:
+        for key, value in accepted.items():
+            study.set_user_attr(key, value)
+        if resumed is None:
             study.set_user_attr("config", config.model_dump(mode="json"))
             for name in config.baselines:
                 # a baseline the space cannot express (e.g. pure attention where fusion is fixed)
@@ -193,22 +214,21 @@ def launch(target: str, *, storage: str | None = None, ray_address: str | None =
             for i, params in enumerate(config.enqueue):
                 study.enqueue_trial(dict(params), user_attrs={"enqueued": i})
         _reconcile(study, store, config.refs, "the driver stopped while it ran; its candidate was requeued")
-        tally = _run(study, space, config, store, url, ray_address, progress)
+        tally = _run(study, space, config, store, url, progress)
     report = LaunchReport(config.name, url, tally, pareto_rows(store, config), list(config.refs))
     store.dispose()
     return report
 
 
-def _run(study: optuna.Study, space, config, store: ResultsStore, url: str, ray_address: str | None,
-         progress: bool) -> Tally:
-    """Tune runs the study's trials on Ray until it has its number of trials (or the space is
-    exhausted). Ctrl-C stops the workers, settles every trial they ran and raises StudyInterrupted."""
+def _run(study: optuna.Study, space, config, store: ResultsStore, url: str, progress: bool) -> Tally:
+    """Tune runs the study's trials on Ray (started or joined by launch) until it has its
+    number of trials (or the space is exhausted). Ctrl-C stops the workers, settles every
+    trial they ran and raises StudyInterrupted."""
     import ray
     from ray import tune
 
     from hybridnas.studies.worker import run_trial
 
-    ensure_ray(ray_address)
     gpus = ray.cluster_resources().get("GPU", 0)
     resources: dict[str, float] = {"gpu": 1, "cpu": 2} if gpus else {"cpu": 1}
 

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import Column, DateTime, Integer, String, Table, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from hybridnas.errors import UserError
 from hybridnas.studies.storage import ResultsStore, metadata
@@ -83,9 +83,12 @@ class Lease:
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            with self.store.engine.begin() as conn:
-                conn.execute(update(LEASES).where(LEASES.c.study == self.study, LEASES.c.owner == self.owner)
-                             .values(expires_at=_now() + dt.timedelta(seconds=TTL_S)))
+            try:
+                with self.store.engine.begin() as conn:
+                    conn.execute(update(LEASES).where(LEASES.c.study == self.study, LEASES.c.owner == self.owner)
+                                 .values(expires_at=_now() + dt.timedelta(seconds=TTL_S)))
+            except DBAPIError:  # the database is away for now (a restart, a network blip): the lease
+                continue  # lives TTL_S, so the next beats renew it; a dead thread would lose it for good
 
     def release(self) -> None:
         self._stop.set()

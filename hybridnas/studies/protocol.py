@@ -59,13 +59,7 @@ class TrialRequest:
         refs = config.refs
         contexts = {kind: tuple(r.context for r in refs if r.name == f"{kind}_tokens_per_s")
                     for kind in ("decode", "prefill")}
-        tasks = {r.metric.task for r in refs if r.metric is not None and r.metric.task is not None}
-        if any(r.name == "recall" for r in refs):
-            tasks |= set(config.recall.tasks)
-        recall = None
-        if tasks:
-            settings = config.recall.model_dump()
-            recall = RecallConfig(**{**settings, "tasks": tuple(sorted(tasks)), "lrs": tuple(settings["lrs"])})
+        recall = recall_config(config)
         return cls(
             number=number,
             spec=spec,
@@ -80,6 +74,19 @@ class TrialRequest:
             long_context=tuple(sorted(r.name for r in refs if r.metric is not None
                                       and r.metric.source == "long_context")),
         )
+
+
+def recall_config(config: Any) -> RecallConfig | None:
+    """How the study ``config`` (a StudyConfig) scores recall: its [recall] settings over the
+    tasks its objectives name (the "recall" summary's included); None if it scores none."""
+    refs = config.refs
+    tasks = {r.metric.task for r in refs if r.metric is not None and r.metric.task is not None}
+    if any(r.name == "recall" for r in refs):
+        tasks |= set(config.recall.tasks)
+    if not tasks:
+        return None
+    settings = config.recall.model_dump()
+    return RecallConfig(**{**settings, "tasks": tuple(sorted(tasks)), "lrs": tuple(settings["lrs"])})
 
 
 def request_to_tune(request: TrialRequest) -> dict[str, Any]:

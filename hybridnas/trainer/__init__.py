@@ -2,6 +2,7 @@
 
 from hybridnas.trainer.config import ConfigError, TrainConfig
 from hybridnas.trainer.data import DataError, TokenData, load_tokens
+from hybridnas.trainer.memory import FitError
 from hybridnas.trainer.train import (
     BudgetError,
     CheckpointError,
@@ -29,4 +30,5 @@ __all__ = [
     "DataError",
     "BudgetError",
     "CheckpointError",
+    "FitError",
 ]

@@ -79,26 +79,6 @@ def _split_documents(text: str) -> list[str]:
     return [doc for doc in docs if doc.strip()]
 
 
-def check_corpus(source: str) -> None:
-    """Cheaply, before a study writes anything: the corpus names 'sotu' or text files that
-    exist and whose first one reads as text (the full tokenization runs on the workers, once,
-    into the token cache). Raises DataError."""
-    if source == "sotu":
-        return
-    first = _corpus_files(source)[0]
-    try:
-        with first.open("rb") as handle:
-            head = handle.read(1 << 16)
-    except OSError as exc:
-        raise DataError(f"corpus {source!r}: cannot read {first} ({exc.strerror or exc})") from None
-    if first.suffix != ".xz":
-        try:
-            head.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            if exc.start < len(head) - 4:  # not a multi-byte character cut at the end of the sample
-                raise DataError(f"{first}: not UTF-8 text (byte {exc.start})") from None
-
-
 def load_documents(source: str) -> list[str]:
     """All documents of a corpus, in a fixed order."""
     if source == "sotu":
@@ -218,6 +198,15 @@ class TokenData:
     meta: dict
     tokenizer: _Bytes | _BPE
 
+    def check_trainable(self, seq_len: int) -> None:
+        """Raise DataError unless the training split holds more than one window of ``seq_len``
+        + 1 tokens (batches draw their offsets below ``len(train) - seq_len - 1``) and the
+        validation split one."""
+        for split, tokens, need in (("training", self.train, seq_len + 2), ("validation", self.val, seq_len + 1)):
+            if len(tokens) < need:
+                raise DataError(f"corpus {self.meta['corpus_name']!r}: its {split} split has {len(tokens):,} "
+                                f"tokens; one sequence of seq_len {seq_len:,} needs {need:,}")
+
     def batch(self, seed: int, step: int, n_seqs: int, seq_len: int) -> torch.Tensor:
         """[n_seqs, seq_len + 1] training windows at offsets drawn from an RNG seeded by
         (seed, step) alone: a pure function, so any step can be replayed."""
@@ -287,7 +276,10 @@ def load_tokens(
 
 def _build(where: Path, corpus: str, settings: dict) -> None:
     docs = load_documents(corpus)
-    train_docs, val_docs = split_documents(docs, settings["val_fraction"])
+    try:
+        train_docs, val_docs = split_documents(docs, settings["val_fraction"])
+    except DataError as exc:
+        raise DataError(f"corpus {corpus!r}: {exc}") from None
     tok = _Bytes() if settings["tokenizer"] == "bytes" else _BPE.train(train_docs, settings["vocab_size"])
     dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
     where.parent.mkdir(parents=True, exist_ok=True)

@@ -51,8 +51,9 @@ import torch
 from hybridnas.errors import UserError
 from hybridnas.model import HybridLM
 from hybridnas.search_space import ArchSpec, train_flops_per_token
-from hybridnas.trainer.config import MAX_FLOPS, TrainConfig
+from hybridnas.trainer.config import MAX_FLOPS, ConfigError, TrainConfig
 from hybridnas.trainer.data import TokenData, load_tokens
+from hybridnas.trainer.memory import check_fits
 
 __all__ = [
     "train",
@@ -62,6 +63,8 @@ __all__ = [
     "RungReport",
     "Plan",
     "make_plan",
+    "forward_seqs",
+    "training_device",
     "BudgetError",
     "CheckpointError",
 ]
@@ -115,6 +118,11 @@ class Plan:
         if step < self.steps - self.decay_steps:
             return 1.0
         return (self.steps - step) / self.decay_steps
+
+
+def forward_seqs(plan: Plan, config: TrainConfig) -> int:
+    """Sequences in one forward pass: the micro-batch, or the whole step without one."""
+    return min(config.micro_batch or plan.batch_seqs, plan.batch_seqs)
 
 
 def make_plan(spec: ArchSpec, budget_flops: float, config: TrainConfig) -> Plan:
@@ -189,7 +197,11 @@ class TrainResult:
 # ---- the run -------------------------------------------------------------------------------
 
 
-def _device(config: TrainConfig) -> torch.device:
+def training_device(config: TrainConfig) -> torch.device:
+    """The device a run of ``config`` trains on; ConfigError for ``device="cuda"`` where
+    PyTorch sees no CUDA GPU (every run would fail)."""
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda': PyTorch sees no CUDA GPU on this host (use 'auto' or 'cpu')")
     if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
@@ -242,7 +254,7 @@ class _Record:
 
     def __init__(self, spec: ArchSpec, budget: float, config: TrainConfig, plan: Plan) -> None:
         self.spec, self.budget, self.config, self.plan = spec, budget, config, plan
-        self.device = _device(config)
+        self.device = training_device(config)
         self.state = _State()
         self.train_seconds = 0.0
         self.tokens_this_call = 0
@@ -611,13 +623,15 @@ def train(
     resume_from: str | Path | None = None,
 ) -> TrainResult:
     """Train ``spec`` for ``budget_flops`` training FLOPs. Never raises for a failed run;
-    raises DataError / BudgetError / CheckpointError for bad input before training."""
+    raises DataError / BudgetError / FitError / CheckpointError for bad input before training."""
     started = time.perf_counter()
     config = config or TrainConfig()
     data = load_tokens(config.corpus, config.tokenizer, config.vocab_size, config.val_fraction, config.cache_dir)
+    data.check_trainable(config.seq_len)
     if spec.vocab_size != data.vocab_size:  # the tokenizer decides the vocabulary
         spec = ArchSpec.from_dict({**spec.to_dict(), "vocab_size": data.vocab_size})
     plan = make_plan(spec, budget_flops, config)
+    check_fits(spec, plan.seq_len, forward_seqs(plan, config), training_device(config))
     record = _Record(spec, budget_flops, config, plan)  # what is reported if building the run fails
     update, close = _progress(config, plan, spec)
     status: Status = "error"
