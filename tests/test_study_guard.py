@@ -130,6 +130,32 @@ def test_a_relaunch_that_changes_what_the_study_measures_is_refused(capsys, quic
     assert _row_hash(quickstart_db) == before
 
 
+def test_a_relaunch_whose_recall_defaults_resolve_differently_is_refused(capsys, tmp_path, monkeypatch):
+    """The MQAR pairs are the proxy's default, not a key of the study file: a hybridnas that
+    changed it would score new trials on another task. The study remembers what its defaults
+    resolved to and refuses a relaunch under others."""
+    from hybridnas.proxies import recall
+    from hybridnas.studies.changes import measured_with
+    from hybridnas.studies.config import load_study_config
+    from hybridnas.studies.simulate import simulate
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    config = load_study_config("quickstart", storage=url, trials=4,
+                               objectives=[{"name": "val_loss"}, {"name": "recall", "direction": "maximize"}])
+    simulate(config, runs_dir=tmp_path / "runs")
+    saved = optuna.load_study(study_name="quickstart", storage=url).user_attrs["measured_with"]
+    assert saved == measured_with(config) and saved["recall"]["mqar"]["knobs"]["num_kv_pairs"] == 8
+    before = _row_hash(url)
+    monkeypatch.setitem(recall.PROXY_TASK_SETTINGS, "mqar", {"vocab_size": 64, "num_kv_pairs": 10})
+    code = main(["launch", "quickstart", "--storage", url, "--trials", "4",
+                 "--set", "objectives=[{name='val_loss'}, {name='recall', direction='maximize'}]"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: study quickstart was measured with other defaults than this hybridnas's: "
+                          "recall.mqar.knobs.num_kv_pairs 8 -> 10"), err
+    assert _row_hash(url) == before
+
+
 def test_an_allowable_change_needs_its_key_named(capsys, quickstart_db):
     code = main(["launch", "quickstart", "--storage", quickstart_db, "--set", "sampler.seed=7"])
     err = capsys.readouterr().err

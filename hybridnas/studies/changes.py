@@ -14,10 +14,16 @@ dotted key, and sorts each difference into one of three kinds:
   directions, seeds per candidate, every other trainer field, recall). Trials measured under
   the old value would be ranked beside trials measured under the new one; a new study name
   is the way out.
+
+What a study measures also rests on defaults its config does not hold: a recall task's
+vocabulary, sequence length and pairs come from the proxy (``PROXY_TASK_SETTINGS``, the
+published task defaults). Those are saved beside the config (``measured_with``), and a
+relaunch by a hybridnas whose defaults resolve differently is refused the same way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,7 +31,8 @@ from typing import Any
 
 from hybridnas.errors import UserError
 
-__all__ = ["ALLOWABLE", "FREE", "Change", "StudyChanged", "check_relaunch", "config_changes"]
+__all__ = ["ALLOWABLE", "FREE", "Change", "StudyChanged", "check_measured_with", "check_relaunch", "config_changes",
+           "measured_with"]
 
 FREE = ("trials", "concurrent", "storage", "trainer.progress", "trainer.out_dir", "trainer.cache_dir")
 ALLOWABLE = ("sampler", "baselines", "enqueue", "trainer.device", "trainer.compile", "trainer.corpus")
@@ -81,6 +88,30 @@ def check_relaunch(study: str, saved: Mapping[str, Any], new: Mapping[str, Any],
         raise StudyChanged(f"study {study} was created with another config: {first}{also}; "
                            f"to run it anyway use {way_out}")
     return changes
+
+
+def measured_with(config: Any) -> dict[str, Any]:
+    """The defaults the measurements of ``config`` (a StudyConfig) resolve to, JSON-ready:
+    ``{"recall": {task: its TaskSettings}}`` for the recall tasks it scores ({} for none)."""
+    from hybridnas.studies.protocol import recall_config
+
+    recall = recall_config(config)
+    if recall is None:
+        return {}
+    tasks = {}
+    for task in recall.tasks:
+        settings = dataclasses.asdict(recall.settings(task))
+        tasks[task] = {**settings, "knobs": dict(settings["knobs"])}  # (name, value) pairs: one key each
+    return json.loads(json.dumps({"recall": tasks}, default=str))  # as the study attribute stores it
+
+
+def check_measured_with(study: str, saved: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """Raise :class:`StudyChanged` naming the first default that resolves differently now."""
+    changes = config_changes(saved, new)
+    if changes:
+        raise StudyChanged(f"study {study} was measured with other defaults than this hybridnas's: {changes[0]}"
+                           f"{f' (and {len(changes) - 1} more)' if len(changes) > 1 else ''}; "
+                           "run it under a new study name (--set name=...), or with the hybridnas that created it")
 
 
 def _under(key: str, prefixes: Iterable[str]) -> bool:

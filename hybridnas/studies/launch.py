@@ -18,11 +18,12 @@ import optuna
 from hybridnas.cluster import ensure_ray
 from hybridnas.errors import check_writable_dir
 from hybridnas.pareto import pareto_front
+from hybridnas.studies.changes import measured_with
 from hybridnas.studies.driver import WAITING, OptunaBridge, ParetoScheduler, Tally
 from hybridnas.studies.lease import take_lease
 from hybridnas.studies.storage import ResultsStore, normalize_url
 
-__all__ = ["launch", "LaunchReport", "StudyInterrupted", "pareto_rows", "runs_dir_for"]
+__all__ = ["begin_study", "launch", "LaunchReport", "StudyInterrupted", "pareto_rows", "runs_dir_for"]
 
 
 @dataclass
@@ -109,6 +110,19 @@ class StudyInterrupted(Exception):
         self.study, self.requeued = study, requeued
 
 
+def begin_study(study: optuna.Study, config, space) -> None:
+    """A new study's first writes: its config and the defaults it is measured with (what a
+    relaunch is checked against), then its baselines and enqueued candidates, in that order."""
+    study.set_user_attr("config", config.model_dump(mode="json"))
+    study.set_user_attr("measured_with", measured_with(config))
+    for name in config.baselines:
+        # a baseline the space cannot express (e.g. pure attention where fusion is fixed)
+        # is enqueued without parameters and trained from its spec as it is
+        study.enqueue_trial(space.baseline_params(name) or {}, user_attrs={"baseline": name})
+    for i, params in enumerate(config.enqueue):
+        study.enqueue_trial(dict(params), user_attrs={"enqueued": i})
+
+
 def _saved_study(url: str, name: str) -> optuna.Study | None:
     """The study ``name`` if it exists with trials (one created without any is begun afresh)."""
     if name not in optuna.get_all_study_names(url):
@@ -124,13 +138,19 @@ def _check_saved_config(study: optuna.Study, config, allow_change: tuple[str, ..
     allowed changes in ``config_history``), which launch writes once Ray has been joined."""
     import datetime as dt
 
-    from hybridnas.studies.changes import StudyChanged, check_relaunch
+    from hybridnas.studies.changes import StudyChanged, check_measured_with, check_relaunch, measured_with
     from hybridnas.studies.config import StudyConfigError, parse_study_config
 
     new = config.model_dump(mode="json")
+    defaults = measured_with(config)
+    saved_defaults = study.user_attrs.get("measured_with")
+    if saved_defaults is not None:
+        check_measured_with(config.name, saved_defaults, defaults)
+    # a study saved before measured_with was (or under an unchanged config): saved as it resolves today
+    attrs: dict[str, Any] = {} if saved_defaults == defaults else {"measured_with": defaults}
     saved = study.user_attrs.get("config")
     if saved is None:  # a study no hybridnas driver created, or created before configs were saved
-        return {"config": new}
+        return {**attrs, "config": new}
     try:
         saved = parse_study_config(saved).model_dump(mode="json")
     except StudyConfigError as exc:
@@ -138,11 +158,11 @@ def _check_saved_config(study: optuna.Study, config, allow_change: tuple[str, ..
                            "run it under a new study name (--set name=...)") from None
     changes = check_relaunch(config.name, saved, new, allow_change)
     if not changes:
-        return {}
+        return attrs
     allowed = [{"key": c.key, "old": c.old, "new": c.new, "at": dt.datetime.now(dt.UTC).isoformat()}
                for c in changes if c.kind == "allowable"]
     history = {"config_history": [*study.user_attrs.get("config_history", []), *allowed]} if allowed else {}
-    return {**history, "config": new}
+    return {**attrs, **history, "config": new}
 
 
 def _check_before_writing(config, space, url: str, local: bool) -> None:
@@ -206,13 +226,7 @@ def launch(target: str, *, storage: str | None = None, ray_address: str | None =
         for key, value in accepted.items():
             study.set_user_attr(key, value)
         if resumed is None:
-            study.set_user_attr("config", config.model_dump(mode="json"))
-            for name in config.baselines:
-                # a baseline the space cannot express (e.g. pure attention where fusion is fixed)
-                # is enqueued without parameters and trained from its spec as it is
-                study.enqueue_trial(space.baseline_params(name) or {}, user_attrs={"baseline": name})
-            for i, params in enumerate(config.enqueue):
-                study.enqueue_trial(dict(params), user_attrs={"enqueued": i})
+            begin_study(study, config, space)
         _reconcile(study, store, config.refs, "the driver stopped while it ran; its candidate was requeued")
         tally = _run(study, space, config, store, url, progress)
     report = LaunchReport(config.name, url, tally, pareto_rows(store, config), list(config.refs))

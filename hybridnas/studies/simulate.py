@@ -25,6 +25,7 @@ from ray.tune.search import Searcher
 
 from hybridnas.studies.config import StudyConfig
 from hybridnas.studies.driver import OptunaBridge, ParetoScheduler, Tally
+from hybridnas.studies.launch import begin_study
 from hybridnas.studies.objectives import REGISTRY
 from hybridnas.studies.protocol import TrialReport, TrialRequest, report_to_tune, request_from_tune
 from hybridnas.studies.space import SearchSpace, make_sampler
@@ -83,9 +84,7 @@ def simulate(config: StudyConfig, *, runs_dir: Path, outcome: Outcome = made_up_
     study = optuna.create_study(study_name=config.name, storage=config.storage, sampler=make_sampler(config),
                                 load_if_exists=True, directions=list(config.directions))
     if not study.get_trials(deepcopy=False):
-        study.set_user_attr("config", config.model_dump(mode="json"))
-        for name in config.baselines:
-            study.enqueue_trial(space.baseline_params(name) or {}, user_attrs={"baseline": name})
+        begin_study(study, config, space)
     tally = Tally()
     scheduler = ParetoScheduler.for_study(config)
     bridge = OptunaBridge(study=study, space=space,
