@@ -82,12 +82,17 @@ def listening(root_pid: int) -> list[list]:
                     owner[target[8:-1]] = pid
         except OSError:
             continue
+    return [[ip, port, owner[inode]] for ip, port, inode in _listen_rows() if inode in owner]
+
+
+def _listen_rows() -> list[tuple[str, int, str]]:
+    """(ip, port, socket inode) of every listening TCP socket of this host."""
     rows = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[3] == LISTEN and fields[9] in owner:
-                rows.append([_address(fields[1]), int(fields[1].rsplit(":", 1)[1], 16), owner[fields[9]]])
+            if fields[3] == LISTEN:
+                rows.append((_address(fields[1]), int(fields[1].rsplit(":", 1)[1], 16), fields[9]))
     return rows
 
 
@@ -139,7 +144,7 @@ def ray_head():
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not any(row[1] == port for row in _all_listening()):
+        while not any(row[1] == port for row in _listen_rows()):
             assert head.poll() is None and time.monotonic() < deadline, head.stderr.read().decode()[-3000:]
             time.sleep(0.5)
         yield port, auth
@@ -153,16 +158,6 @@ def test_a_cluster_joined_by_address_is_rays_own_and_reachable_from_other_hosts(
     port, auth = ray_head
     seen = _drive(f"127.0.0.1:{port}", **auth)
     assert not _is_loopback(seen["task_node_ip"])  # the head's node, at its outward address
-    gcs = [row for row in _all_listening() if row[1] == port]
+    gcs = [row for row in _listen_rows() if row[1] == port]
     assert gcs and not any(_is_loopback(row[0]) for row in gcs), gcs
 
-
-def _all_listening() -> list[list]:
-    """Every listening TCP socket of this host: [ip, port]."""
-    rows = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == LISTEN:
-                rows.append([_address(fields[1]), int(fields[1].rsplit(":", 1)[1], 16)])
-    return rows

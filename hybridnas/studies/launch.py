@@ -138,7 +138,7 @@ def _check_saved_config(study: optuna.Study, config, allow_change: tuple[str, ..
     allowed changes in ``config_history``), which launch writes once Ray has been joined."""
     import datetime as dt
 
-    from hybridnas.studies.changes import StudyChanged, check_measured_with, check_relaunch, measured_with
+    from hybridnas.studies.changes import StudyChanged, check_measured_with, check_relaunch
     from hybridnas.studies.config import StudyConfigError, parse_study_config
 
     new = config.model_dump(mode="json")
@@ -146,7 +146,7 @@ def _check_saved_config(study: optuna.Study, config, allow_change: tuple[str, ..
     saved_defaults = study.user_attrs.get("measured_with")
     if saved_defaults is not None:
         check_measured_with(config.name, saved_defaults, defaults)
-    # a study saved before measured_with was (or under an unchanged config): saved as it resolves today
+    # saved where it differs: a study from before measured_with gets today's (equal ones were checked)
     attrs: dict[str, Any] = {} if saved_defaults == defaults else {"measured_with": defaults}
     saved = study.user_attrs.get("config")
     if saved is None:  # a study no hybridnas driver created, or created before configs were saved
@@ -171,11 +171,10 @@ def _check_before_writing(config, space, url: str, local: bool) -> None:
     the token cache the workers then read: once per corpus and tokenizer), and each baseline
     against the budget (one training sequence at least) and, where the trials run on this
     host (``local``), its device and memory (trainer/memory.py)."""
-    from hybridnas.search_space import ArchSpec
     from hybridnas.studies.config import StudyConfigError
     from hybridnas.trainer import load_tokens
-    from hybridnas.trainer.memory import FitError, check_fits
-    from hybridnas.trainer.train import BudgetError, forward_seqs, make_plan, training_device
+    from hybridnas.trainer.memory import FitError
+    from hybridnas.trainer.train import BudgetError, plan_run, training_device
 
     t = config.trainer
     space.check_enqueued()
@@ -184,11 +183,8 @@ def _check_before_writing(config, space, url: str, local: bool) -> None:
     data.check_trainable(t.seq_len)
     device = training_device(t) if local else None
     for name, spec in space.baseline_specs().items():
-        spec = ArchSpec.from_dict({**spec.to_dict(), "vocab_size": data.vocab_size})  # as train() sets it
         try:
-            plan = make_plan(spec, config.budget.flops, t)
-            if device is not None:
-                check_fits(spec, plan.seq_len, forward_seqs(plan, t), device)
+            plan_run(spec, config.budget.flops, t, data, device)  # as train() plans it on a worker
         except BudgetError as exc:
             raise StudyConfigError(f"budget.flops={config.budget.flops:g}: too small for baseline {name}: "
                                    f"{exc}") from None

@@ -63,6 +63,7 @@ __all__ = [
     "RungReport",
     "Plan",
     "make_plan",
+    "plan_run",
     "forward_seqs",
     "training_device",
     "BudgetError",
@@ -123,6 +124,19 @@ class Plan:
 def forward_seqs(plan: Plan, config: TrainConfig) -> int:
     """Sequences in one forward pass: the micro-batch, or the whole step without one."""
     return min(config.micro_batch or plan.batch_seqs, plan.batch_seqs)
+
+
+def plan_run(spec: ArchSpec, budget_flops: float, config: TrainConfig, data: TokenData,
+             device: torch.device | None) -> tuple[ArchSpec, Plan]:
+    """What ``train`` settles before it builds anything: ``spec`` with the tokenizer's
+    vocabulary (the tokenizer decides it) and its plan. Raises BudgetError, and FitError where
+    ``device`` is given and the run cannot fit it (trainer/memory.py)."""
+    if spec.vocab_size != data.vocab_size:
+        spec = ArchSpec.from_dict({**spec.to_dict(), "vocab_size": data.vocab_size})
+    plan = make_plan(spec, budget_flops, config)
+    if device is not None:
+        check_fits(spec, plan.seq_len, forward_seqs(plan, config), device)
+    return spec, plan
 
 
 def make_plan(spec: ArchSpec, budget_flops: float, config: TrainConfig) -> Plan:
@@ -628,10 +642,7 @@ def train(
     config = config or TrainConfig()
     data = load_tokens(config.corpus, config.tokenizer, config.vocab_size, config.val_fraction, config.cache_dir)
     data.check_trainable(config.seq_len)
-    if spec.vocab_size != data.vocab_size:  # the tokenizer decides the vocabulary
-        spec = ArchSpec.from_dict({**spec.to_dict(), "vocab_size": data.vocab_size})
-    plan = make_plan(spec, budget_flops, config)
-    check_fits(spec, plan.seq_len, forward_seqs(plan, config), training_device(config))
+    spec, plan = plan_run(spec, budget_flops, config, data, training_device(config))
     record = _Record(spec, budget_flops, config, plan)  # what is reported if building the run fails
     update, close = _progress(config, plan, spec)
     status: Status = "error"
