@@ -298,6 +298,11 @@ def launch(
         str | None, typer.Option("--ray-address", help="a running Ray cluster (default: start one here)")
     ] = None,
     trials: Annotated[int | None, typer.Option("--trials", help="the study's total number of trials")] = None,
+    runs_dir: Annotated[
+        str | None, typer.Option("--runs-dir", help="trial folders and rung checkpoints: a path every worker "
+                                 "reaches (NFS) or a pyarrow URI such as s3://bucket/runs (default: beside a "
+                                 "SQLite file, else ~/hybridnas-runs)")
+    ] = None,
     settings: Annotated[
         list[str] | None,
         typer.Option("--set", help="KEY=VALUE of the study file, dotted, the value in TOML "
@@ -318,7 +323,7 @@ def launch(
     if trials is not None and trials < 1:
         raise UserError(f"--trials={trials}: must be at least 1")
     try:
-        report = run_launch(target, storage=storage, ray_address=ray_address, trials=trials,
+        report = run_launch(target, storage=storage, ray_address=ray_address, trials=trials, runs_dir=runs_dir,
                             settings=dict(_setting(s) for s in settings or ()), allow_change=tuple(allow_change or ()))
     except StudyInterrupted as stopped:
         print(f"{stopped}; no trial is left running. Resume with the same command: "

@@ -79,20 +79,14 @@ def _kill_worker_of(trial, url, driver, spared=frozenset()):
     return pid
 
 
-def test_killed_worker_is_retried_once_then_recorded_failed(tmp_path):
-    url = f"sqlite:///{tmp_path / 'study.db'}"
-    command = [sys.executable, "-m", "hybridnas", "launch", str(_study_file(tmp_path)), "--storage", url,
-               "--trials", "3"]
-    env = dict(os.environ)
+def _drive(tmp_path, url, args, during):
+    """Run ``hybridnas launch`` with ``args`` as a real process, call ``during(driver)`` while it
+    runs, wait for it to end (or kill its process group); asserts it exited 0."""
+    command = [sys.executable, "-m", "hybridnas", "launch", str(_study_file(tmp_path)), "--storage", url, *args]
     log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stdout=log, stderr=log)
+    driver = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stdout=log, stderr=log)
     try:
-        # trial 0: killed once, retried by Tune, completes
-        first = _kill_worker_of(0, url, driver)
-        _wait(lambda: _rows(url).get(0, {}).get("status") == "complete", driver, "trial 0 to complete after a retry")
-        # trial 1: killed, retried, killed again: a failure
-        second = _kill_worker_of(1, url, driver, spared={first})
-        _kill_worker_of(1, url, driver, spared={first, second})
+        during(driver)
         driver.wait(timeout=DEADLINE_S)
     finally:
         if driver.poll() is None:
@@ -101,6 +95,19 @@ def test_killed_worker_is_retried_once_then_recorded_failed(tmp_path):
         log.close()
     assert driver.returncode == 0, (tmp_path / "driver.log").read_text()[-3000:]
 
+
+def test_killed_worker_is_retried_once_then_recorded_failed(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+
+    def kill_workers(driver):
+        # trial 0: killed once, retried by Tune, completes
+        first = _kill_worker_of(0, url, driver)
+        _wait(lambda: _rows(url).get(0, {}).get("status") == "complete", driver, "trial 0 to complete after a retry")
+        # trial 1: killed, retried, killed again: a failure
+        second = _kill_worker_of(1, url, driver, spared={first})
+        _kill_worker_of(1, url, driver, spared={first, second})
+
+    _drive(tmp_path, url, ["--trials", "3"], kill_workers)
     rows = _rows(url)
     assert rows[0]["status"] == "complete" and rows[0]["val_loss"] is not None
     assert rows[1]["status"] == "fail" and "worker failed twice" in rows[1]["failure"]
@@ -110,3 +117,19 @@ def test_killed_worker_is_retried_once_then_recorded_failed(tmp_path):
     assert study.trials[1].user_attrs["failure"].startswith("the worker failed twice")
     assert optuna.trial.TrialState.RUNNING not in states
     assert len([t for t in study.trials if not t.user_attrs.get("not_counted")]) == 3  # the study went on
+
+
+def test_a_worker_killed_after_its_rung_resumes_from_the_checkpoint_at_the_runs_uri(tmp_path):
+    """Runs at a URI (``file://``, Tune's pyarrow storage, as ``s3://`` would be): the retried
+    trial downloads its rung checkpoint from there (the worker that saved it is gone, as on
+    another node) and goes on from it rather than from the start."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+
+    def kill_after_the_rung(driver):
+        _wait(lambda: _rows(url).get(0, {}).get("rungs"), driver, "trial 0's first rung")
+        os.kill(next(iter(_trial_workers(driver.pid))), signal.SIGKILL)
+
+    _drive(tmp_path, url, ["--trials", "1", "--runs-dir", (tmp_path / "shared").as_uri()], kill_after_the_rung)
+    row = _rows(url)[0]
+    assert row["status"] == "complete", row["failure"]
+    assert row["metrics"]["details"]["resumed_from"] == "rung-0.pt"

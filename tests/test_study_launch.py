@@ -173,3 +173,20 @@ def test_pruned_trials_keep_the_rung_that_stopped_them(tmp_path):
         else:  # the same candidate again: its pruned result, not a second training
             assert row["rungs"] == next(r["rungs"] for r in pruned if r["trial"] == row["reused_from"])
     assert 0 < report.compute_saved < 1
+
+
+def test_runs_at_a_uri_go_through_tunes_storage(tmp_path):
+    """``--runs-dir`` as a pyarrow URI (here ``file://``, the same code path as ``s3://``): Tune's
+    experiment and every rung checkpoint land under the URI, one rung's file per folder, and
+    nothing under the default folder beside the database."""
+    from hybridnas.studies.launch import runs_dir_for
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    shared = tmp_path / "shared"
+    report = launch("test-tiny", storage=url, trials=2, runs_dir=shared.as_uri(), progress=False)
+    assert report.tally.done + report.tally.pruned == 2
+    experiment = shared / "test-tiny" / "tune"
+    assert list(experiment.glob("experiment_state-*.json")) and list(experiment.glob("*/result.json"))
+    checkpoints = sorted(experiment.glob("*/checkpoint_*/rung-*.pt"))
+    assert checkpoints and all(len(list(c.parent.iterdir())) == 1 for c in checkpoints)
+    assert not runs_dir_for(url, "test-tiny").exists()

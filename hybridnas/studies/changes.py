@@ -5,7 +5,8 @@ A study's resolved config is saved with it when it is created (Optuna's study at
 dotted key, and sorts each difference into one of three kinds:
 
 - **free**: how the study is run, never what it measures (``trials``, ``concurrent``, where
-  it is stored, the trainer's progress output and folders). Accepted and saved.
+  it is stored, where its runs go, the resources a trial holds, the trainer's progress output
+  and folders). Accepted and saved.
 - **allowed with** ``--allow-change KEY``: what the study proposes next or how a run executes,
   which leaves every stored result valid (the sampler, baselines and enqueued candidates, the
   trainer's device, compile and corpus path — a corpus moved to another folder, say). Refused
@@ -34,7 +35,8 @@ from hybridnas.errors import UserError
 __all__ = ["ALLOWABLE", "FREE", "Change", "StudyChanged", "check_measured_with", "check_relaunch", "config_changes",
            "measured_with"]
 
-FREE = ("trials", "concurrent", "storage", "trainer.progress", "trainer.out_dir", "trainer.cache_dir")
+FREE = ("trials", "concurrent", "storage", "runs_dir", "resources", "trainer.progress", "trainer.out_dir",
+        "trainer.cache_dir")
 ALLOWABLE = ("sampler", "baselines", "enqueue", "trainer.device", "trainer.compile", "trainer.corpus")
 
 

@@ -46,6 +46,7 @@ from hybridnas.search_space.errors import SpecError
 from hybridnas.search_space.layout import Placement
 from hybridnas.search_space.spec import MAX_D_MODEL, ArchSpec
 from hybridnas.studies.objectives import DEFAULT_CONTEXT, REGISTRY, Direction, ObjectiveRef, names
+from hybridnas.studies.resources import ResourcesConfig
 from hybridnas.trainer.config import MAX_FLOPS, TrainConfig
 
 __all__ = [
@@ -423,6 +424,9 @@ class StudyConfig(_Section):
 
     name: str
     storage: str = "sqlite:///hybridnas.db"
+    # where Tune keeps trial folders and rung checkpoints: a local path, a shared one (NFS), or a
+    # pyarrow filesystem URI (s3://bucket/runs); None: beside a SQLite file, else ~/hybridnas-runs
+    runs_dir: str | None = None
     # bounds: a study beyond 10^5 trials or 4,096 trials at once is a typo, not a search
     trials: Annotated[int, Field(ge=1, le=100_000)] = 32
     concurrent: Annotated[int, Field(ge=1, le=4096)] = 1
@@ -439,6 +443,7 @@ class StudyConfig(_Section):
     sampler: SamplerConfig = SamplerConfig()
     trainer: TrainConfig = TrainConfig()
     recall: RecallSettings = RecallSettings()
+    resources: ResourcesConfig = ResourcesConfig()
 
     @field_validator("name")
     @classmethod
@@ -481,6 +486,11 @@ class StudyConfig(_Section):
         if len(t.lr_grid) > 1 and self.budget.rungs and t.lr_sweep_frac >= self.budget.rungs[0]:
             raise ValueError(f"trainer.lr_sweep_frac: {t.lr_sweep_frac} must end before the first of "
                              f"budget.rungs ({self.budget.rungs[0]}): a rung ranks the rate the sweep chose")
+        gpus = self.resources.gpus_per_trial
+        if gpus != "auto" and gpus > 0 and t.device == "cpu":
+            raise ValueError(f"resources.gpus_per_trial: {gpus:g} GPUs for trials that train on trainer.device = 'cpu'")
+        if gpus == 0 and t.device == "cuda":
+            raise ValueError("resources.gpus_per_trial: 0 GPUs for trials that train on trainer.device = 'cuda'")
         kind, choices = self.space.share
         if kind == "n_attn" and self.size.mode == "fixed":
             most = max(choices.values() if isinstance(choices, IntRange) else choices)

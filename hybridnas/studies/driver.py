@@ -150,7 +150,7 @@ class OptunaBridge(Searcher):
     it starts and kept up to date here, so a study's thousandth trial costs what its first did."""
 
     def __init__(self, *, study: optuna.Study, space, config, store: ResultsStore, scheduler: ParetoScheduler,
-                 trial_root: Path, tally: Tally, on_change=lambda: None) -> None:
+                 trial_root: Path | None, tally: Tally, on_change=lambda: None) -> None:
         super().__init__()
         self.study, self.space, self.config, self.store = study, space, config, store
         self.scheduler, self.trial_root, self.tally, self.on_change = scheduler, trial_root, tally, on_change

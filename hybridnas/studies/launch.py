@@ -8,6 +8,7 @@ one GPU per trial). Rerunning a finished study's command adds no trials.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +17,15 @@ from typing import Any
 import optuna
 
 from hybridnas.cluster import ensure_ray
-from hybridnas.errors import check_writable_dir
+from hybridnas.errors import UserError, check_writable_dir
 from hybridnas.pareto import pareto_front
 from hybridnas.studies.changes import measured_with
 from hybridnas.studies.driver import WAITING, OptunaBridge, ParetoScheduler, Tally
 from hybridnas.studies.lease import take_lease
+from hybridnas.studies.resources import ASSUMED_GPU_BYTES, Cluster, check_placeable, trial_resources
 from hybridnas.studies.storage import ResultsStore, normalize_url
 
-__all__ = ["begin_study", "launch", "LaunchReport", "StudyInterrupted", "pareto_rows", "runs_dir_for"]
+__all__ = ["begin_study", "launch", "LaunchReport", "StudyInterrupted", "pareto_rows", "runs_dir_for", "runs_location"]
 
 
 @dataclass
@@ -42,8 +44,8 @@ class LaunchReport:
 
 
 def runs_dir_for(storage_url: str, study: str) -> Path:
-    """Where Tune keeps trial directories and checkpoints: beside a SQLite file, else under
-    ~/hybridnas-runs. Absolute, since Tune runs each trial in its own directory."""
+    """Where Tune keeps trial directories and checkpoints by default: beside a SQLite file,
+    else under ~/hybridnas-runs. Absolute, since Tune runs each trial in its own directory."""
     from sqlalchemy.engine import make_url
 
     url = make_url(normalize_url(storage_url))
@@ -52,6 +54,40 @@ def runs_dir_for(storage_url: str, study: str) -> Path:
     else:
         base = Path("~/hybridnas-runs").expanduser().resolve()
     return base / study
+
+
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://")  # two letters at least: C:\ is a path
+
+
+def runs_location(config, storage_url: str) -> str | Path:
+    """The study's runs folder: ``config.runs_dir`` / its name (a URI stays a URI, for Tune's
+    pyarrow storage; a path is made absolute), else :func:`runs_dir_for`."""
+    if config.runs_dir is None:
+        return runs_dir_for(storage_url, config.name)
+    if _URI.match(config.runs_dir):
+        return f"{config.runs_dir.rstrip('/')}/{config.name}"
+    return Path(config.runs_dir).expanduser().resolve() / config.name
+
+
+def check_runs_location(location: str | Path) -> None:
+    """A runs folder that cannot be written is one line (UserError) before anything is: a
+    path is made (empty) and a file written in it; a URI is opened through pyarrow (as Tune will), its folder
+    made, and a probe file written and removed."""
+    if isinstance(location, Path):  # made here: as root, a parent such as /proc passes os.access
+        check_writable_dir(location, "the runs folder", create=True)
+        return
+    import pyarrow.fs
+
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(location)
+        fs.create_dir(path, recursive=True)
+        probe = f"{path}/.hybridnas-probe"
+        with fs.open_output_stream(probe) as out:
+            out.write(b"ok")
+        fs.delete_file(probe)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... per filesystem: each is this line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"runs_dir {location}: cannot be written through pyarrow ({first})") from None
 
 
 def _reconcile(study: optuna.Study, store: ResultsStore, refs, reason: str) -> int:
@@ -178,7 +214,7 @@ def _check_before_writing(config, space, url: str, local: bool) -> None:
 
     t = config.trainer
     space.check_enqueued()
-    check_writable_dir(runs_dir_for(url, config.name), "the runs folder")
+    check_runs_location(runs_location(config, url))
     data = load_tokens(t.corpus, t.tokenizer, t.vocab_size, t.val_fraction, t.cache_dir)
     data.check_trainable(t.seq_len)
     device = training_device(t) if local else None
@@ -193,7 +229,7 @@ def _check_before_writing(config, space, url: str, local: bool) -> None:
 
 
 def launch(target: str, *, storage: str | None = None, ray_address: str | None = None, trials: int | None = None,
-           progress: bool = True, settings: dict[str, Any] | None = None,
+           runs_dir: str | None = None, progress: bool = True, settings: dict[str, Any] | None = None,
            allow_change: tuple[str, ...] = ()) -> LaunchReport:
     """Run the study ``target`` (a preset or a study file) with ``settings`` (dotted keys, as
     ``load_study_config`` takes them: ``{"budget.flops": 1.6e15, "name": "bae-small-4x"}``).
@@ -202,7 +238,7 @@ def launch(target: str, *, storage: str | None = None, ray_address: str | None =
     from hybridnas.studies.config import load_study_config
     from hybridnas.studies.space import SearchSpace, make_sampler
 
-    given = {"storage": storage, "trials": trials}
+    given = {"storage": storage, "trials": trials, "runs_dir": runs_dir}
     overrides = {**(settings or {}), **{k: v for k, v in given.items() if v is not None}}
     config = load_study_config(target, **overrides)
     space = SearchSpace(config)
@@ -215,6 +251,7 @@ def launch(target: str, *, storage: str | None = None, ray_address: str | None =
         resumed = _saved_study(url, config.name)
         accepted = _check_saved_config(resumed, config, allow_change) if resumed is not None else {}
         ensure_ray(ray_address)  # before the study is written to: a cluster that refuses this driver changes nothing
+        cluster = _check_resources(config, space, local=ray_address in (None, "local"))
         study = optuna.create_study(
             study_name=config.name, storage=url, sampler=make_sampler(config), load_if_exists=True,
             directions=list(config.directions),
@@ -224,30 +261,51 @@ def launch(target: str, *, storage: str | None = None, ray_address: str | None =
         if resumed is None:
             begin_study(study, config, space)
         _reconcile(study, store, config.refs, "the driver stopped while it ran; its candidate was requeued")
-        tally = _run(study, space, config, store, url, progress)
+        tally = _run(study, space, config, store, url, progress, cluster)
     report = LaunchReport(config.name, url, tally, pareto_rows(store, config), list(config.refs))
     store.dispose()
     return report
 
 
-def _run(study: optuna.Study, space, config, store: ResultsStore, url: str, progress: bool) -> Tally:
+def _check_resources(config, space, *, local: bool) -> Cluster:
+    """The Ray cluster as the trials' resources see it, once Ray is up; ResourcesError (one
+    line, before the study is written) if no node can hold a trial as the study file asks, or
+    a baseline's "auto" share. The GPU memory "auto" sizes by is this host's where Ray runs here."""
+    import ray
+    import torch
+
+    nodes = tuple((float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+                  for n in ray.nodes() if n.get("Alive"))
+    gpu_bytes = (torch.cuda.get_device_properties(0).total_memory if local and torch.cuda.is_available()
+                 else ASSUMED_GPU_BYTES)
+    cluster = Cluster(nodes, int(gpu_bytes))
+    for spec in space.baseline_specs().values():
+        check_placeable(trial_resources(config.resources, spec, config.trainer, cluster), cluster)
+    return cluster
+
+
+def _run(study: optuna.Study, space, config, store: ResultsStore, url: str, progress: bool,
+         cluster: Cluster) -> Tally:
     """Tune runs the study's trials on Ray (started or joined by launch) until it has its
-    number of trials (or the space is exhausted). Ctrl-C stops the workers, settles every
-    trial they ran and raises StudyInterrupted."""
+    number of trials (or the space is exhausted), each holding what ``[resources]`` gives its
+    candidate. Ctrl-C stops the workers, settles every trial they ran and raises StudyInterrupted."""
     import ray
     from ray import tune
 
+    from hybridnas.studies.protocol import request_from_tune
     from hybridnas.studies.worker import run_trial
 
-    gpus = ray.cluster_resources().get("GPU", 0)
-    resources: dict[str, float] = {"gpu": 1, "cpu": 2} if gpus else {"cpu": 1}
+    def resources(trial_config: dict) -> tune.PlacementGroupFactory:
+        spec = request_from_tune(trial_config).spec
+        return tune.PlacementGroupFactory([trial_resources(config.resources, spec, config.trainer, cluster).bundle()])
 
     tally = Tally()
     scheduler = ParetoScheduler.for_study(config)
-    runs = runs_dir_for(url, config.name)
-    runs.mkdir(parents=True, exist_ok=True)
+    runs = runs_location(config, url)
+    if isinstance(runs, Path):
+        runs.mkdir(parents=True, exist_ok=True)
     bridge = OptunaBridge(study=study, space=space, config=config, store=store, scheduler=scheduler,
-                          trial_root=runs / "trials", tally=tally)
+                          trial_root=runs / "trials" if isinstance(runs, Path) else None, tally=tally)
     if progress:
         bridge.on_change = _ProgressLine(bridge, config.trials)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables on stdout
@@ -255,7 +313,7 @@ def _run(study: optuna.Study, space, config, store: ResultsStore, url: str, prog
     # Tuner.restore" is wrong for hybridnas (the same launch command resumes a study)
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     tuner = tune.Tuner(
-        tune.with_resources(run_trial, resources),
+        tune.with_resources(run_trial, resources),  # per trial: "auto" sizes each candidate
         tune_config=tune.TuneConfig(search_alg=bridge, scheduler=scheduler, num_samples=-1,
                                     max_concurrent_trials=config.concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name="tune", storage_path=str(runs), verbose=0,

@@ -36,9 +36,12 @@ FINAL = "final"  # the key that marks a trial's last report in what Tune carries
 class TrialRequest:
     """One trial's work. ``trainer`` is the study's TrainConfig; the worker sets the seed,
     rungs and output folder of each run. ``trial_dir`` is absolute (Tune runs each trial in
-    its own working directory). What to measure after training: decode / prefill speed at
-    these contexts, the recall tasks of ``recall`` (None: no recall objective), and the
-    long-context objectives named in ``long_context`` (registry names)."""
+    its own working directory), or None where the runs go to a URI (``s3://...``): the worker
+    then trains in the local folder Tune gives the trial and Tune uploads its checkpoints.
+    ``processes``: data-parallel training processes (one per GPU of the trial). What to measure
+    after training: decode / prefill speed at these contexts, the recall tasks of ``recall``
+    (None: no recall objective), and the long-context objectives named in ``long_context``
+    (registry names)."""
 
     number: int  # the Optuna trial number
     spec: ArchSpec
@@ -46,16 +49,18 @@ class TrialRequest:
     trainer: TrainConfig
     rungs: tuple[float, ...]
     seeds: tuple[int, ...]
-    trial_dir: str
+    trial_dir: str | None
+    processes: int = 1
     decode_contexts: tuple[int, ...] = ()
     prefill_contexts: tuple[int, ...] = ()
     recall: RecallConfig | None = None
     long_context: tuple[str, ...] = ()
 
     @classmethod
-    def for_study(cls, config: Any, number: int, spec: ArchSpec, trial_root: Path) -> TrialRequest:
+    def for_study(cls, config: Any, number: int, spec: ArchSpec, trial_root: Path | None) -> TrialRequest:
         """The request of trial ``number`` of the study ``config`` (a StudyConfig): what each
-        objective needs measured follows from its registry source."""
+        objective needs measured follows from its registry source. ``trial_root``: the local
+        or shared folder of the study's trials, None where its runs go to a URI."""
         refs = config.refs
         contexts = {kind: tuple(r.context for r in refs if r.name == f"{kind}_tokens_per_s")
                     for kind in ("decode", "prefill")}
@@ -67,7 +72,8 @@ class TrialRequest:
             trainer=config.trainer,
             rungs=tuple(config.budget.rungs),
             seeds=tuple(range(config.seeds_per_candidate)),
-            trial_dir=str((trial_root / f"trial-{number:05d}").resolve()),
+            trial_dir=str((trial_root / f"trial-{number:05d}").resolve()) if trial_root is not None else None,
+            processes=config.resources.data_parallel,
             decode_contexts=contexts["decode"],
             prefill_contexts=contexts["prefill"],
             recall=recall,
@@ -112,6 +118,7 @@ def request_from_tune(config: Mapping[str, Any]) -> TrialRequest:
         rungs=tuple(config["rungs"]),
         seeds=tuple(config["seeds"]),
         trial_dir=config["trial_dir"],
+        processes=int(config.get("processes", 1)),
         decode_contexts=tuple(config.get("decode_contexts", ())),
         prefill_contexts=tuple(config.get("prefill_contexts", ())),
         recall=recall,

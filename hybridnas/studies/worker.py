@@ -1,6 +1,7 @@
 """The Ray Tune trainable: train one candidate on its FLOP budget, report at each rung.
 
-Runs on a Ray worker (one GPU each where GPUs exist, one CPU process otherwise). It never
+Runs on a Ray worker (what ``[resources]`` gives its candidate: a share of a GPU, a GPU, or
+several for a data-parallel run; one CPU process where there are no GPUs). It never
 writes the database: everything it learns goes back to the driver through ``tune.report``,
 as a :class:`~hybridnas.studies.protocol.TrialReport`; what to do arrives as a
 :class:`~hybridnas.studies.protocol.TrialRequest`. With ``reuse_actors`` the worker process
@@ -32,16 +33,17 @@ def run_trial(config: dict) -> None:
     from hybridnas.trainer import TrainConfig, train
 
     request = request_from_tune(config)
-    trial_dir = Path(request.trial_dir)
+    # runs that go to a URI train in the local folder Tune gives the trial (it uploads checkpoints)
+    trial_dir = Path(request.trial_dir or tune.get_context().get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    _cap_gpu_memory()
 
     def at_rung(rung: RungReport) -> Literal["continue", "stop"]:
         # the scheduler answers by stopping this function at the report, not by return value
-        saved = Path(rung.checkpoint)
         report = TrialReport(rung=rung.index, val_loss=rung.val_loss, tokens=rung.tokens, flops=rung.flops,
                              train_loss=rung.train_loss, lr=rung.lr, hardware=_hardware())
-        tune.report(report_to_tune(report), checkpoint=tune.Checkpoint.from_directory(str(saved.parent)))
+        tune.report(report_to_tune(report), checkpoint=tune.Checkpoint.from_directory(_rung_folder(rung)))
         return "continue"
 
     resume_from = None
@@ -83,9 +85,35 @@ def run_trial(config: dict) -> None:
             final["failure"] = failure or final["failure"]
     if results[0].lr_sweep:
         details["lr_sweep"] = results[0].lr_sweep
+    if resume_from is not None:  # a retry after the worker died: it went on from this rung's checkpoint
+        details["resumed_from"] = Path(resume_from).name
     report = TrialReport(rung=None, **final, metrics=metrics, details=details,
                          wall_s=time.perf_counter() - started, hardware=_hardware())
     tune.report(report_to_tune(report))
+
+
+def _rung_folder(rung: RungReport) -> str:
+    """A folder holding only this rung's checkpoint (a hard link, no copy), for Tune to persist:
+    the run's folder holds every earlier rung's too, which Tune would upload again each time."""
+    saved = Path(rung.checkpoint)
+    folder = saved.parent / f"tune-rung-{rung.index}"
+    folder.mkdir(exist_ok=True)
+    link = folder / saved.name
+    if not link.exists():
+        os.link(saved, link)
+    return str(folder)
+
+
+def _cap_gpu_memory() -> None:
+    """On a share of a GPU (``gpus_per_trial`` < 1), cap this process's CUDA allocator at the
+    share, so that one trial's memory cannot starve the trials beside it: it runs out itself
+    (an ``oom`` result), and the trainer's memory check refuses what cannot fit the share."""
+    import ray
+    import torch
+
+    share = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)
+    if torch.cuda.is_available() and 0 < share < 1:
+        torch.cuda.set_per_process_memory_fraction(share, 0)
 
 
 def _summary(results) -> dict[str, Any]:
@@ -186,8 +214,11 @@ def _passkey_factors(tokenizer, seq_len: int) -> tuple[float, ...]:
 
 
 def _hardware() -> str:
-    """The device, its host and the worker process (a reused actor keeps its pid)."""
+    """The device and the GPUs the trial holds (a share, one, several), its host and the worker
+    process (a reused actor keeps its pid)."""
+    import ray
     import torch
 
-    device = f"{torch.cuda.get_device_name()} x1" if torch.cuda.is_available() else f"{platform.machine()} CPU"
+    gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 1.0)
+    device = f"{torch.cuda.get_device_name()} x{gpus:g}" if torch.cuda.is_available() else f"{platform.machine()} CPU"
     return f"{device} on {platform.node()}, worker pid {os.getpid()}"

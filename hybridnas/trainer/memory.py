@@ -43,9 +43,14 @@ def least_training_bytes(spec: ArchSpec, seq_len: int, micro_batch_seqs: int) ->
 
 
 def device_memory_bytes(device: torch.device) -> tuple[int, str]:
-    """(bytes, name) of all the memory of ``device``: a GPU's total, or this host's RAM."""
+    """(bytes, name) of the memory ``device`` gives this process: a GPU's total, or its share
+    where the process is capped (``torch.cuda.set_per_process_memory_fraction``: a study's
+    worker on a GPU shared by several trials); this host's RAM on a CPU."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
+        share = torch.cuda.get_per_process_memory_fraction(device)
+        if share < 1:
+            return int(props.total_memory * share), f"this process's {share:g} share of the {props.name}"
         return int(props.total_memory), f"the {props.name}"
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this host's RAM"
 
