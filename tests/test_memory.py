@@ -76,3 +76,17 @@ def test_on_a_gpu_a_real_step_peaks_above_the_bound(token_cache):
     torch.cuda.synchronize()
     need, _, _ = least_training_bytes(spec, plan.seq_len, forward_seqs(plan, cfg))
     assert need <= torch.cuda.max_memory_allocated()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_a_shared_gpu_the_check_reads_this_processs_share():
+    """A study's worker on a quarter of a GPU caps its allocator there (studies/worker.py): the
+    memory check then counts the quarter, for the device as the trainer names it ("cuda")."""
+    total, _ = device_memory_bytes(torch.device("cuda"))
+    torch.cuda.set_per_process_memory_fraction(0.25, 0)
+    try:
+        share, name = device_memory_bytes(torch.device("cuda"))
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)
+    assert share == int(total * 0.25) and "0.25 share" in name

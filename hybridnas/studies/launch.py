@@ -279,7 +279,11 @@ def _check_resources(config, space, *, local: bool) -> Cluster:
     gpu_bytes = (torch.cuda.get_device_properties(0).total_memory if local and torch.cuda.is_available()
                  else ASSUMED_GPU_BYTES)
     cluster = Cluster(nodes, int(gpu_bytes))
-    for spec in space.baseline_specs().values():
+    specs = list(space.baseline_specs().values())
+    sized = config.resources.gpus_per_trial == "auto" and cluster.has_gpus and config.trainer.device != "cpu"
+    # GPUs given (or none to size): one check holds for every candidate; "auto": each baseline's
+    # share (at most one GPU, and CPUs at most a GPU node's: a candidate sampled later fits too)
+    for spec in specs if sized else [None]:
         check_placeable(trial_resources(config.resources, spec, config.trainer, cluster), cluster)
     return cluster
 

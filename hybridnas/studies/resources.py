@@ -119,14 +119,19 @@ def auto_gpus(spec: ArchSpec, trainer: TrainConfig, gpu_bytes: int = ASSUMED_GPU
     return next((share for share in GPU_SHARES if share >= wanted), 1.0)
 
 
-def trial_resources(resources: ResourcesConfig, spec: ArchSpec, trainer: TrainConfig,
+def trial_resources(resources: ResourcesConfig, spec: ArchSpec | None, trainer: TrainConfig,
                     cluster: Cluster) -> TrialResources:
     """What a trial of ``spec`` holds on ``cluster``. "auto" GPUs: none on a cluster without
-    GPUs or for a trainer told ``device="cpu"``; "auto" CPUs: CPUS_PER_GPU_TRIAL per GPU (at
-    most what a node with those GPUs has), one for a CPU trial."""
+    GPUs or for a trainer told ``device="cpu"``, else :func:`auto_gpus` of ``spec`` (which may
+    be None only where the GPUs are given); "auto" CPUs: CPUS_PER_GPU_TRIAL per GPU (at most
+    what a node with those GPUs has), one for a CPU trial."""
     gpus = resources.gpus_per_trial
     if gpus == "auto":
-        gpus = auto_gpus(spec, trainer, cluster.gpu_bytes) if cluster.has_gpus and trainer.device != "cpu" else 0.0
+        if not cluster.has_gpus or trainer.device == "cpu":
+            gpus = 0.0
+        else:
+            assert spec is not None, "auto GPUs are sized from a candidate"
+            gpus = auto_gpus(spec, trainer, cluster.gpu_bytes)
     cpus = resources.cpus_per_trial
     if cpus == "auto":
         cpus = float(CPUS_PER_GPU_TRIAL * max(1, math.ceil(gpus))) if gpus else 1.0

@@ -48,7 +48,8 @@ def device_memory_bytes(device: torch.device) -> tuple[int, str]:
     worker on a GPU shared by several trials); this host's RAM on a CPU."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        share = torch.cuda.get_per_process_memory_fraction(device)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        share = torch.cuda.get_per_process_memory_fraction(index)
         if share < 1:
             return int(props.total_memory * share), f"this process's {share:g} share of the {props.name}"
         return int(props.total_memory), f"the {props.name}"
