@@ -1,5 +1,6 @@
-"""A Ray worker killed mid-trial: Tune retries the trial once; killed again, the trial is a
-recorded failure with its reason, and the study still ends with its number of trials.
+"""A Ray worker killed mid-trial: Tune retries the trial once, from its last rung checkpoint;
+killed again, the trial is a recorded failure with its reason, and the study still ends with
+its number of trials.
 
 The driver runs as a real ``hybridnas launch`` process (its own embedded Ray); the test
 kills the trial's worker process (``ray::ImplicitFunc``) with SIGKILL, as a node failure would.
@@ -96,20 +97,25 @@ def _drive(tmp_path, url, args, during):
     assert driver.returncode == 0, (tmp_path / "driver.log").read_text()[-3000:]
 
 
-def test_killed_worker_is_retried_once_then_recorded_failed(tmp_path):
+def test_killed_worker_resumes_from_its_rung_at_the_runs_uri_once_then_is_recorded_failed(tmp_path):
+    """Runs at a URI (``file://``: Tune's pyarrow storage, the code path of ``s3://``). Trial 0's
+    worker is killed after its rung: the retried trial downloads the rung checkpoint from the
+    URI (the worker that saved it is gone, as on another node) and goes on from it. Trial 1's
+    is killed twice: a recorded failure, and the study still ends with its number of trials."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
 
     def kill_workers(driver):
-        # trial 0: killed once, retried by Tune, completes
-        first = _kill_worker_of(0, url, driver)
+        _wait(lambda: _rows(url).get(0, {}).get("rungs"), driver, "trial 0's first rung")
+        first = next(iter(_trial_workers(driver.pid)))
+        os.kill(first, signal.SIGKILL)
         _wait(lambda: _rows(url).get(0, {}).get("status") == "complete", driver, "trial 0 to complete after a retry")
-        # trial 1: killed, retried, killed again: a failure
         second = _kill_worker_of(1, url, driver, spared={first})
         _kill_worker_of(1, url, driver, spared={first, second})
 
-    _drive(tmp_path, url, ["--trials", "3"], kill_workers)
+    _drive(tmp_path, url, ["--trials", "3", "--runs-dir", (tmp_path / "shared").as_uri()], kill_workers)
     rows = _rows(url)
     assert rows[0]["status"] == "complete" and rows[0]["val_loss"] is not None
+    assert rows[0]["metrics"]["details"]["resumed_from"] == "rung-0.pt"
     assert rows[1]["status"] == "fail" and "worker failed twice" in rows[1]["failure"]
     study = optuna.load_study(study_name="faults", storage=url)
     states = [t.state for t in study.trials]
@@ -117,19 +123,3 @@ def test_killed_worker_is_retried_once_then_recorded_failed(tmp_path):
     assert study.trials[1].user_attrs["failure"].startswith("the worker failed twice")
     assert optuna.trial.TrialState.RUNNING not in states
     assert len([t for t in study.trials if not t.user_attrs.get("not_counted")]) == 3  # the study went on
-
-
-def test_a_worker_killed_after_its_rung_resumes_from_the_checkpoint_at_the_runs_uri(tmp_path):
-    """Runs at a URI (``file://``, Tune's pyarrow storage, as ``s3://`` would be): the retried
-    trial downloads its rung checkpoint from there (the worker that saved it is gone, as on
-    another node) and goes on from it rather than from the start."""
-    url = f"sqlite:///{tmp_path / 'study.db'}"
-
-    def kill_after_the_rung(driver):
-        _wait(lambda: _rows(url).get(0, {}).get("rungs"), driver, "trial 0's first rung")
-        os.kill(next(iter(_trial_workers(driver.pid))), signal.SIGKILL)
-
-    _drive(tmp_path, url, ["--trials", "1", "--runs-dir", (tmp_path / "shared").as_uri()], kill_after_the_rung)
-    row = _rows(url)[0]
-    assert row["status"] == "complete", row["failure"]
-    assert row["metrics"]["details"]["resumed_from"] == "rung-0.pt"

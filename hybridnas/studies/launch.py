@@ -220,7 +220,7 @@ def _check_before_writing(config, space, url: str, local: bool) -> None:
     device = training_device(t) if local else None
     for name, spec in space.baseline_specs().items():
         try:
-            plan_run(spec, config.budget.flops, t, data, device)  # as train() plans it on a worker
+            plan_run(spec, config.budget.flops, t, data, device, config.resources.data_parallel)  # as train() does
         except BudgetError as exc:
             raise StudyConfigError(f"budget.flops={config.budget.flops:g}: too small for baseline {name}: "
                                    f"{exc}") from None

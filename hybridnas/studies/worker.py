@@ -65,7 +65,8 @@ def run_trial(config: dict) -> None:
             settings.update(lr=results[0].lr, lr_grid=())
         try:
             result = train(request.spec, request.budget_flops, TrainConfig(**settings),
-                           rung_callback=at_rung if first else None, resume_from=resume_from if first else None)
+                           rung_callback=at_rung if first else None, resume_from=resume_from if first else None,
+                           processes=request.processes)
         except UserError as exc:  # the settings' fault (a corpus with one document, say): a result, not a crash
             tune.report(report_to_tune(TrialReport(rung=None, status="error", failure=f"{type(exc).__name__}: {exc}",
                                                    wall_s=time.perf_counter() - started, hardware=_hardware())))

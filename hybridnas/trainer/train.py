@@ -28,7 +28,13 @@ loss above ``diverge_factor`` x the first step's loss after warm-up, gives ``div
 GPU the losses are read every ``SYNC_EVERY`` steps, so the run may go a few steps past the
 step it reports);
 CUDA out-of-memory gives ``oom``; anything else ``error``. Each keeps what was measured.
-Bad input (corpus, budget, checkpoint) raises before training starts.
+Bad input (corpus, budget, checkpoint, process count) raises before training starts.
+
+Data parallel: ``train(..., processes=N)`` trains the same plan on N processes (gloo on CPU,
+NCCL on N GPUs; ``trainer/distributed.py``): each step's batch is split across them and the
+gradients summed, so the run computes what one process computes, up to the order of the sums;
+budget, rungs, checkpoints (interchangeable between process counts), resume and failures as
+results are unchanged. The calling process is rank 0: it keeps the callback and writes files.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 
@@ -53,6 +59,7 @@ from hybridnas.model import HybridLM
 from hybridnas.search_space import ArchSpec, train_flops_per_token
 from hybridnas.trainer.config import MAX_FLOPS, ConfigError, TrainConfig
 from hybridnas.trainer.data import TokenData, load_tokens
+from hybridnas.trainer.distributed import Ended, Group, check_processes, start_ranks
 from hybridnas.trainer.memory import check_fits
 
 __all__ = [
@@ -121,21 +128,24 @@ class Plan:
         return (self.steps - step) / self.decay_steps
 
 
-def forward_seqs(plan: Plan, config: TrainConfig) -> int:
-    """Sequences in one forward pass: the micro-batch, or the whole step without one."""
-    return min(config.micro_batch or plan.batch_seqs, plan.batch_seqs)
+def forward_seqs(plan: Plan, config: TrainConfig, processes: int = 1) -> int:
+    """Sequences in one forward pass of one process: the micro-batch, or the process's whole
+    share of the step (the larger share, where the step does not split evenly) without one."""
+    share = -(-plan.batch_seqs // processes)
+    return min(config.micro_batch or share, share)
 
 
 def plan_run(spec: ArchSpec, budget_flops: float, config: TrainConfig, data: TokenData,
-             device: torch.device | None) -> tuple[ArchSpec, Plan]:
+             device: torch.device | None, processes: int = 1) -> tuple[ArchSpec, Plan]:
     """What ``train`` settles before it builds anything: ``spec`` with the tokenizer's
     vocabulary (the tokenizer decides it) and its plan. Raises BudgetError, and FitError where
-    ``device`` is given and the run cannot fit it (trainer/memory.py)."""
+    ``device`` is given and the run cannot fit it (trainer/memory.py: each of ``processes``
+    holds the whole model and optimiser and its share of the micro-batch)."""
     if spec.vocab_size != data.vocab_size:
         spec = ArchSpec.from_dict({**spec.to_dict(), "vocab_size": data.vocab_size})
     plan = make_plan(spec, budget_flops, config)
     if device is not None:
-        check_fits(spec, plan.seq_len, forward_seqs(plan, config), device)
+        check_fits(spec, plan.seq_len, forward_seqs(plan, config, processes), device)
     return spec, plan
 
 
@@ -190,8 +200,8 @@ class TrainResult:
     val_curve: list[dict]  # [{"tokens", "val_loss"}], starting with the untrained model at 0
     train_curve: list[dict]  # [{"tokens", "loss"}] at every validation point
     rungs: list[dict]
-    tokens_per_s: float | None
-    mfu: float | None  # None where the device's peak is unknown (CPUs)
+    tokens_per_s: float | None  # of the whole run (every process)
+    mfu: float | None  # against the peak of every device used; None where it is unknown (CPUs)
     wall_s: float
     failure: dict | None  # {"step", "message"} for diverged / oom / error
     flops_per_token: float
@@ -203,6 +213,7 @@ class TrainResult:
     model_path: str | None = None  # the trained weights (model.pt in out_dir) of a complete run
     lr: float | None = None  # the peak learning rate: config.lr, or the sweep's choice
     lr_sweep: list[dict] = field(default_factory=list)  # [{"lr", "val_loss", "failure"}] per rate tried
+    processes: int = 1  # data-parallel training processes (one per GPU on CUDA)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -266,9 +277,9 @@ class _Record:
     A :class:`Run` is one; ``train`` reports a run that failed while being built from a bare
     record (no model, nothing trained)."""
 
-    def __init__(self, spec: ArchSpec, budget: float, config: TrainConfig, plan: Plan) -> None:
+    def __init__(self, spec: ArchSpec, budget: float, config: TrainConfig, plan: Plan, group: Group) -> None:
         self.spec, self.budget, self.config, self.plan = spec, budget, config, plan
-        self.device = training_device(config)
+        self.group, self.device = group, group.device
         self.state = _State()
         self.train_seconds = 0.0
         self.tokens_this_call = 0
@@ -280,7 +291,7 @@ class _Record:
         tokens = plan.tokens_after(s.step)
         tokens_per_s = self.tokens_this_call / self.train_seconds if self.train_seconds > 0 else None
         peak = peak_flops(self.device)
-        mfu = tokens_per_s * plan.flops_per_token / peak if tokens_per_s and peak else None
+        mfu = tokens_per_s * plan.flops_per_token / (peak * self.group.size) if tokens_per_s and peak else None
         val_loss = s.val_curve[-1]["val_loss"] if s.val_curve else None
         if status == "stopped" and s.rungs:
             val_loss = s.rungs[-1]["val_loss"]
@@ -307,6 +318,7 @@ class _Record:
             checkpoint=s.rungs[-1]["checkpoint"] if status == "stopped" and s.rungs else None,
             lr=self.config.lr if s.lr is None else s.lr,
             lr_sweep=s.lr_sweep,
+            processes=self.group.size,
         )
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -325,19 +337,25 @@ class Run(_Record):
     sequences are built, and ``state`` is at step 0, so ``train_step`` can be called right away
     (measured speed times it so). ``loop`` runs the plan with its evaluations and rungs,
     ``load`` resumes from a rung checkpoint, and ``result`` reports what was measured. Building
-    raises what it raises (CUDA out-of-memory, a model error); ``train`` makes that a result."""
+    raises what it raises (CUDA out-of-memory, a model error); ``train`` makes that a result.
+    ``group`` is this process's rank of a data-parallel run (default: the only one); every
+    rank constructs the same Run and steps it in lockstep."""
 
     model: HybridLM  # built in __init__: a Run always has its model
 
-    def __init__(self, spec: ArchSpec, budget: float, config: TrainConfig, data: TokenData, plan: Plan) -> None:
-        super().__init__(spec, budget, config, plan)
+    def __init__(self, spec: ArchSpec, budget: float, config: TrainConfig, data: TokenData, plan: Plan,
+                 group: Group | None = None) -> None:
+        super().__init__(spec, budget, config, plan, group or Group(0, 1, training_device(config)))
         self.data = data
         self.model = HybridLM(self.spec, seed=self.config.seed).to(self.device).train()
         self.optimizer = _optimizer(self.model, self.config, self.device)
         compiled = self.compile_pays() if self.config.compile == "auto" else self.config.compile
+        self.chunk_seqs = forward_seqs(self.plan, self.config, self.group.size)
         # dynamic=False: one shape (a micro-batch); see train_step for the short last chunk
         self.loss_fn = torch.compile(self.model.losses, dynamic=False) if compiled else self.model.losses
-        self.val = self.data.val_sequences(self.config.val_sequences, self.plan.seq_len).to(self.device)
+        val = self.data.val_sequences(self.config.val_sequences, self.plan.seq_len)
+        self.val_seqs = val.shape[0]  # of every rank together
+        self.val = val[self.group.shard(self.val_seqs)].to(self.device)
 
     def compile_pays(self) -> bool:
         """``compile="auto"``: compile where the time it saves exceeds what it costs. Measured
@@ -347,7 +365,7 @@ class Run(_Record):
         peak = peak_flops(self.device)
         if self.device.type != "cuda" or peak is None:
             return False
-        seconds_saved = self.budget / peak * (1 / EAGER_MFU - 1 / COMPILED_MFU)
+        seconds_saved = self.budget / (peak * self.group.size) * (1 / EAGER_MFU - 1 / COMPILED_MFU)
         return seconds_saved > COMPILE_COST_S
 
     def autocast(self):
@@ -359,22 +377,24 @@ class Run(_Record):
 
     def train_step(self, step: int, lr: float) -> torch.Tensor:
         """One optimiser step on the batch of ``step``; returns its mean training loss as a
-        0-dim tensor (reading it would wait for the GPU; the loop reads in batches)."""
-        batch = self.data.batch(self.config.seed, step, self.plan.seqs_at(step), self.plan.seq_len)
+        0-dim tensor (reading it would wait for the GPU; the loop reads in batches). Each rank
+        trains its shard of the batch (maybe none), weighted by its share of the whole batch,
+        and the group sums the gradients: every rank steps on the whole batch's gradient."""
+        n = self.plan.seqs_at(step)
+        batch = self.data.batch(self.config.seed, step, n, self.plan.seq_len)[self.group.shard(n)]
         batch = batch.to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        n = batch.shape[0]
-        chunk_seqs = self.config.micro_batch or self.plan.batch_seqs
         total = torch.zeros((), device=self.device)
-        for chunk in batch.split(chunk_seqs):
+        for chunk in batch.split(self.chunk_seqs) if batch.shape[0] else ():
             # a shorter chunk (the last step's remainder) runs eagerly: recompiling the loss for
             # a shape seen once took longer than ten steps on an H100
-            loss_fn = self.loss_fn if chunk.shape[0] == chunk_seqs else self.model.losses
+            loss_fn = self.loss_fn if chunk.shape[0] == self.chunk_seqs else self.model.losses
             with self.autocast():
                 parts = loss_fn(chunk)
             (parts.total * (chunk.shape[0] / n)).backward()
             total += parts.lm.detach() * (chunk.shape[0] / n)
+        total = self.group.reduce_step(self.model, total)
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
@@ -387,11 +407,11 @@ class Run(_Record):
         self.model.eval()
         batch = self.config.micro_batch or self.plan.batch_seqs
         total = 0.0
-        for chunk in self.val.split(batch):
+        for chunk in self.val.split(batch) if self.val.shape[0] else ():
             with self.autocast():
                 total += self.model.losses(chunk).lm.item() * chunk.shape[0]
         self.model.train()
-        return total / self.val.shape[0]
+        return self.group.sum(total) / self.val_seqs
 
     def record_eval(self) -> None:
         tokens = self.plan.tokens_after(self.state.step)
@@ -406,6 +426,7 @@ class Run(_Record):
         return self.config.lr if self.state.lr is None else self.state.lr
 
     def loop(self, rung_callback: RungCallback | None, progress) -> tuple[Status, dict | None]:
+        self.group.broadcast_weights(self.model)
         if not self.state.val_curve:
             self.record_eval()  # the untrained model, at 0 tokens
         if self.plan.sweep_steps and not self.state.lr_sweep:  # a resumed run has chosen already
@@ -517,9 +538,10 @@ class Run(_Record):
         return val_loss, sum(self.plan.seqs_at(step + i) for i in range(cooldown)) * self.plan.seq_len
 
     def rung(self, index: int, callback: RungCallback | None) -> str:
-        """Checkpoint, cool down on a branch, evaluate, restore; ask the callback."""
+        """Checkpoint, cool down on a branch, evaluate, restore; ask the callback. Of a
+        data-parallel run, rank 0 saves and asks, and every rank follows its answer."""
         step = self.state.step
-        checkpoint = self._checkpoint_dir() / f"rung-{index}.pt"
+        checkpoint = self._checkpoint_dir() / f"rung-{index}.pt" if self.group.main else None
         val_loss, cooldown_tokens = self.cooled_loss()
         tokens = self.plan.tokens_after(step)
         # the loop reads the pending losses back at every rung boundary, before calling rung
@@ -533,15 +555,17 @@ class Run(_Record):
             flops=tokens * self.plan.flops_per_token,
             val_loss=val_loss,
             train_loss=self.state.last_loss,  # read back at the rung boundary
-            checkpoint=str(checkpoint),
+            checkpoint=str(checkpoint or ""),  # rank 0 saves it
             lr=self.peak_lr,
         )
         self.state.rungs.append(asdict(report))
+        if checkpoint is None:  # not rank 0
+            return self.group.decide("continue")  # rank 0's answer
         self.save(checkpoint)  # the restored state plus this report: what resuming continues from
         decision = callback(report) if callback is not None else "continue"
         if decision not in ("continue", "stop"):
             raise ValueError(f"rung callback returned {decision!r}, expected 'continue' or 'stop'")
-        return decision
+        return self.group.decide(decision)
 
     # -- checkpoints --
 
@@ -628,6 +652,16 @@ def _progress_lines(plan: Plan, spec: ArchSpec, every_s: float):
     return update
 
 
+def failure_of(exc: Exception, step: int | None) -> tuple[Status, dict]:
+    """A failed run's (status, failure) from what it raised at ``step``: ``oom`` for CUDA
+    out-of-memory, else ``error`` with the exception and where it was raised."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "oom", {"step": step, "message": str(exc).splitlines()[0]}
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    message = f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})"
+    return "error", {"step": step, "message": message}
+
+
 def train(
     spec: ArchSpec,
     budget_flops: float,
@@ -635,31 +669,63 @@ def train(
     *,
     rung_callback: RungCallback | None = None,
     resume_from: str | Path | None = None,
+    processes: int = 1,
 ) -> TrainResult:
-    """Train ``spec`` for ``budget_flops`` training FLOPs. Never raises for a failed run;
-    raises DataError / BudgetError / FitError / CheckpointError for bad input before training."""
+    """Train ``spec`` for ``budget_flops`` training FLOPs, on ``processes`` data-parallel
+    processes (this one is rank 0: it calls ``rung_callback`` and writes the files). Never
+    raises for a failed run, another rank's included; raises DataError / BudgetError / FitError
+    / CheckpointError / ConfigError (a bad ``processes``) for bad input before training."""
     started = time.perf_counter()
     config = config or TrainConfig()
+    device = training_device(config)
+    check_processes(processes, device)
     data = load_tokens(config.corpus, config.tokenizer, config.vocab_size, config.val_fraction, config.cache_dir)
     data.check_trainable(config.seq_len)
-    spec, plan = plan_run(spec, budget_flops, config, data, training_device(config))
-    record = _Record(spec, budget_flops, config, plan)  # what is reported if building the run fails
+    spec, plan = plan_run(spec, budget_flops, config, data, device, processes)
+    group = Group(0, 1, device)
+    record = _Record(spec, budget_flops, config, plan, group)  # what is reported if building the run fails
     update, close = _progress(config, plan, spec)
     status: Status = "error"
     failure: dict | None = None
+    ended: Ended = "abandoned"  # until the loop returns or fails: an exception is passing through
     try:
-        run = record = Run(spec, budget_flops, config, data, plan)
+        group = start_ranks(processes, device, {"spec": spec.to_dict(), "budget": budget_flops,
+                                                "config": config.model_dump(mode="json"),
+                                                "resume_from": None if resume_from is None else str(resume_from)})
+        record.group = group
+        group.connect()
+        run = record = Run(spec, budget_flops, config, data, plan, group)
         if resume_from is not None:
             run.load(resume_from)
         status, failure = run.loop(rung_callback, update)
+        ended = "finished"
     except CheckpointError:
         raise
-    except torch.cuda.OutOfMemoryError as exc:
-        status, failure = "oom", {"step": record.state.step, "message": str(exc).splitlines()[0]}
     except Exception as exc:  # a failed candidate is a result, not a crash of the study
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        message = f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})"
-        status, failure = "error", {"step": record.state.step, "message": message}
+        status, failure = failure_of(exc, record.state.step)
+        ended = "failed"
     finally:
         close()
+        # the other ranks end with this one, however it ends: Tune stops a trial by raising
+        # SystemExit inside the callback's report
+        group.stop(ended)
+    elsewhere = group.failure_elsewhere()
+    if elsewhere is not None:  # another rank failed first: that broke this one's collective
+        status, failure = cast(Status, elsewhere[0]), {**elsewhere[1], "step": record.state.step}
     return record.result(status, failure, time.perf_counter() - started)
+
+
+def train_rank(job: dict, group: Group) -> tuple[Status, dict | None]:
+    """Rank ``group.rank`` > 0 of a run ``train`` started: the same run from ``job`` (JSON: spec,
+    budget, config, resume_from), stepped in lockstep with rank 0; returns how it ended."""
+    config = TrainConfig(**job["config"])
+    data = load_tokens(config.corpus, config.tokenizer, config.vocab_size, config.val_fraction, config.cache_dir)
+    spec, plan = plan_run(ArchSpec.from_dict(job["spec"]), job["budget"], config, data, None)
+    run = None
+    try:
+        run = Run(spec, job["budget"], config, data, plan, group)
+        if job["resume_from"] is not None:
+            run.load(job["resume_from"])
+        return run.loop(None, lambda step, loss: None)
+    except Exception as exc:
+        return failure_of(exc, run.state.step if run is not None else None)
