@@ -13,6 +13,8 @@ import torch.nn.functional as F
 import hybridnas.kernels as kernels
 from hybridnas.kernels.attention import causal_attention
 from hybridnas.kernels.conv import causal_conv1d
+from hybridnas.kernels.loss import linear_cross_entropy
+from hybridnas.kernels.norm import gated_rms_norm
 from hybridnas.kernels.ssd import ssd_chunked, ssd_step
 from hybridnas.proxies.speed import cuda_time
 
@@ -73,11 +75,35 @@ def main():
     decode_ms = timed(lambda: kernels.attention_decode(q1, k_cache, k_cache, n_valid))
     rows.append(("attention_decode (SDPA, masked)", "4 x 16q/4kv x 64, 32K cache", decode_ms, decode_ms))
 
-    xc = torch.randn(8, 3328, 4096, device="cuda", dtype=torch.bfloat16)
-    wc = torch.randn(3328, 4, device="cuda", dtype=torch.bfloat16)
-    conv_ms = timed(lambda: causal_conv1d(xc, wc, None, "silu"))
-    rows.append(("causal_conv1d", "8 x 3328 ch x 4096", conv_ms,
-                 timed(lambda: kernels.causal_conv1d(xc, wc, None, "silu"))))
+    # the model's layout: [B, C, T] as the transpose of a [B, T, C] activation
+    xc = torch.randn(8, 4096, 3328, device="cuda", dtype=torch.bfloat16).transpose(1, 2).requires_grad_()
+    wc = torch.randn(3328, 4, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+
+    def conv_fwd_bwd(fn):
+        return lambda: fn(xc, wc, None, "silu").float().sum().backward()
+
+    rows.append(("causal_conv1d fwd+bwd", "8 x 4096 x 3328 ch, [B, T, C] memory",
+                 timed(conv_fwd_bwd(causal_conv1d)), timed(conv_fwd_bwd(kernels.causal_conv1d))))
+
+    xn = torch.randn(8, 2048, 1536, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    zn = torch.randn(8, 2048, 1536, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    wn = torch.ones(1536, device="cuda", requires_grad=True)
+
+    def norm_fwd_bwd(fn):
+        return lambda: fn(xn, zn, wn, 1536, 1e-5).float().sum().backward()
+
+    rows.append(("gated_rms_norm fwd+bwd", "8 x 2048 x 1536", timed(norm_fwd_bwd(gated_rms_norm)),
+                 timed(norm_fwd_bwd(kernels.gated_rms_norm))))
+
+    xh = torch.randn(8 * 2048, 768, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    wh = (torch.randn(50304, 768, device="cuda", dtype=torch.bfloat16) / 30).requires_grad_()
+    targets = torch.randint(0, 50304, (8 * 2048,), device="cuda")
+
+    def head_fwd_bwd(fn):
+        return lambda: fn(xh, wh, targets).backward()
+
+    rows.append(("linear_cross_entropy fwd+bwd", "16K tokens x 768 -> 50304", timed(head_fwd_bwd(linear_cross_entropy)),
+                 timed(head_fwd_bwd(kernels.linear_cross_entropy))))
 
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     print(f"backends: { {k: v['backend'] for k, v in kernels.backends().items()} }")

@@ -1,12 +1,14 @@
-"""Benchmark (b): one training step of HybridLM vs mamba-ssm's MambaLMHeadModel with the same
-layout vs a plain PyTorch GPT of the same size, side by side in one run (bf16 autocast, fused
-AdamW, gradient clipping, same batch and sequence length), on one CUDA device.
+"""Benchmark (b): one training step of HybridLM (Inter 1:5 and Intra 1:5) vs mamba-ssm's
+MambaLMHeadModel with the Inter layout vs a plain PyTorch GPT of the same size, side by side in
+one run (bf16 autocast, fused AdamW, gradient clipping, same batch and sequence length), on one
+CUDA device.
 
-    python benchmarks/train_step.py [--batch 8] [--seq-len 2048]
+    python benchmarks/train_step.py [--batch 8] [--seq-len 2048] [--eager]
 
-HybridLM is timed through the trainer's own step (hybridnas.proxies.speed.measure_training);
-the others through the same loop written out here. The "plain GPT" is our attention-only
-HybridLM (Llama-style blocks in plain PyTorch, SDPA flash attention).
+HybridLM is timed through the trainer's own step (hybridnas.proxies.speed.measure_training),
+compiled (``--eager`` adds the uncompiled Inter step); the others through the same loop
+written out here. The "plain GPT" is our attention-only HybridLM (Llama-style blocks in plain
+PyTorch, SDPA flash attention).
 """
 
 import argparse
@@ -14,7 +16,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from hybridnas import ArchSpec, HybridLM
+from hybridnas import ArchSpec, HybridLM, kernels
 from hybridnas.kernels.cuda import import_mamba_ssm_models
 from hybridnas.proxies.speed import cuda_time, measure_training
 from hybridnas.search_space import cost, layout, placement_indices
@@ -71,18 +73,22 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--eager", action="store_true", help="also time the uncompiled Inter step")
     args = parser.parse_args()
     b, t = args.batch, args.seq_len
 
     inter = ArchSpec.from_pattern(layout(N_MIXERS, 2), d_model=D_MODEL, vocab_size=VOCAB, attn={"rope": False})
+    intra = ArchSpec.from_pattern(layout(N_MIXERS, 2, fusion="intra"), d_model=D_MODEL, vocab_size=VOCAB,
+                                  attn={"rope": False})
     gpt = ArchSpec.from_pattern("*-" * 16, d_model=D_MODEL, vocab_size=VOCAB, attn={"rope": False})  # ~ the same size
     rows = []
 
-    for compiled in (False, True):
-        ours = measure_training(inter, b, t, compile=compiled)
-        name = "HybridLM inter 1:5 (hybridnas trainer step" + (", torch.compile)" if compiled else ")")
-        rows.append((name, cost(inter).total.params, ours.train_tokens_per_s,
-                     cost(inter, t).total.train_flops_per_token))
+    runs = [("inter", inter, False)] if args.eager else []
+    for label, spec, compiled in [*runs, ("inter", inter, True), ("intra", intra, True)]:
+        ours = measure_training(spec, b, t, compile=compiled)
+        name = f"HybridLM {label} 1:5 (hybridnas trainer step" + (", torch.compile)" if compiled else ")")
+        rows.append((name, cost(spec).total.params, ours.train_tokens_per_s, cost(spec, t).total.train_flops_per_token))
+        torch.cuda.empty_cache()
 
     rows.append(mamba_ssm_row(inter, b, t))  # its model is released on return
     torch.cuda.empty_cache()
@@ -93,11 +99,16 @@ def main():
 
     peak = peak_flops("cuda")  # MFU against this device's bf16 peak (None: a GPU the trainer does not know)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast, batch {b} x {t}")
+    print(f"backends: { {name: entry['backend'] for name, entry in kernels.backends().items()} }")
     print("| model | params | tokens/s | MFU |")
     print("|---|---|---|---|")
     for name, params, tps, fpt in rows:
         mfu = f"{tps * fpt / peak:.1%}" if peak else "-"
         print(f"| {name} | {params / 1e6:.0f}M | {tps:,.0f} | {mfu} |")
+    theirs = next(tps for name, _, tps, _ in rows if name.startswith("mamba-ssm"))
+    for name, _, tps, _ in rows:
+        if name.startswith("HybridLM"):
+            print(f"{name}: {tps / theirs:.2f}x mamba-ssm's model")
 
 
 if __name__ == "__main__":

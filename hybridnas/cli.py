@@ -228,6 +228,8 @@ _CORE = ("torch", "optuna", "ray", "sqlalchemy", "dash", "plotly", "fvcore", "py
 _OPTIONAL = (
     ("mamba-ssm", "mamba_ssm"),
     ("causal-conv1d", "causal_conv1d"),
+    ("liger-kernel", "liger_kernel"),
+    ("fla-core", "fla"),
     ("psycopg", "psycopg"),
 )
 

@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 
 import hybridnas.kernels as kernels
-from hybridnas.kernels import attention, conv, moe, ssd
+from hybridnas.kernels import attention, conv, loss, moe, norm, ssd
 from hybridnas.kernels.attention import attention_decode, causal_attention, window_mask
 from hybridnas.kernels.conv import causal_conv1d, causal_conv1d_step, conv_state_from_prefix
+from hybridnas.kernels.loss import linear_cross_entropy
 from hybridnas.kernels.moe import expert_swiglu
+from hybridnas.kernels.norm import gated_rms_norm
 from hybridnas.kernels.registry import Op
 from hybridnas.kernels.ssd import ssd_chunked, ssd_sequential, ssd_step
 
@@ -221,6 +223,35 @@ def test_ssd_chunked_gradients_match_sequential(chunk_size, n_groups):
         assert got.shape == inp[name].shape, name
         assert want.abs().max() > 0, name  # the input really affects the loss
         torch.testing.assert_close(got, want.float(), **F32_GRAD, msg=lambda m, name=name: f"grad {name}: {m}")
+
+
+@pytest.mark.parametrize("chunk_size", [8, 64])
+def test_ssd_chunked_takes_raw_dt_with_bias_and_softplus(chunk_size):
+    """Given the raw dt, dt_bias and dt_softplus=True, the scan is the recurrence with
+    dt = log(1 + exp(dt + bias)) (float64 oracle), gradients to dt and dt_bias included, and
+    bit for bit the scan of softplus(dt.float() + bias.float()) done by the caller (the
+    model's math before the scan took it over)."""
+    inp = ssd_inputs(seed=40 + chunk_size, g=2)
+    gen = _gen(41)
+    inp["dt"] = _randn(gen, *inp["dt"].shape)  # raw: either sign
+    dt_bias = _randn(gen, inp["A"].shape[0]) - 2.0
+    y, state = ssd_chunked(**inp, chunk_size=chunk_size, dt_bias=dt_bias, dt_softplus=True)
+    caller = {**inp, "dt": F.softplus(inp["dt"].float() + dt_bias.float())}
+    assert all(torch.equal(a, b) for a, b in zip((y, state), ssd_chunked(**caller, chunk_size=chunk_size), strict=True))
+
+    leaves = _leaves({**inp, "dt_bias": dt_bias}, torch.float32)
+    y, state = ssd_chunked(**leaves, chunk_size=chunk_size, dt_softplus=True)
+    leaves64 = _leaves(inp, torch.float64)
+    bias64 = dt_bias.double().requires_grad_()
+    y64, state64 = ssd_sequential(**per_head({**leaves64, "dt": torch.log1p(torch.exp(leaves64["dt"] + bias64))}))
+    torch.testing.assert_close(y, y64.float(), **F32)
+    torch.testing.assert_close(state, state64.float(), **F32)
+    w = _randn(gen, *y.shape)
+    got = torch.autograd.grad((y * w).sum() + state.sum(), [leaves["dt"], leaves["dt_bias"]])
+    want = torch.autograd.grad((y64 * w.double()).sum() + state64.sum(), [leaves64["dt"], bias64])
+    for name, g, wt in zip(("dt", "dt_bias"), got, want, strict=True):
+        assert wt.abs().max() > 0, name
+        torch.testing.assert_close(g, wt.float(), **F32_GRAD, msg=lambda m, name=name: f"grad {name}: {m}")
 
 
 @pytest.mark.parametrize("chunk_size", [8, 64])
@@ -463,6 +494,68 @@ def test_expert_swiglu_gradients_match_dense(counts):
         assert torch.equal(g[empty], torch.zeros_like(g[empty]))
 
 
+# ----------------------------------------------------------------------------- norm and loss
+
+
+def naive_gated_rms_norm(x, z, weight, group_size, eps):
+    """Per token and group of channels, written as loops in float64: y = x * z * sigmoid(z),
+    y / sqrt(mean(y^2) + eps) * weight."""
+    x64, z64, w64 = x.double(), z.double(), weight.double()
+    y = x64 * z64 * torch.sigmoid(z64)
+    out = torch.empty_like(y)
+    for row in range(y.shape[0]):
+        for start in range(0, y.shape[1], group_size):
+            group = y[row, start : start + group_size]
+            rms = math.sqrt(sum(v * v for v in group.tolist()) / group_size + eps)
+            out[row, start : start + group_size] = group / rms * w64[start : start + group_size]
+    return out
+
+
+@pytest.mark.parametrize("group_size", [3, 12])
+def test_gated_rms_norm_matches_naive(group_size):
+    """gated_rms_norm equals the per-group loop (one group, and four groups of 3 channels),
+    for [..., C] inputs with several leading dims, and keeps x's dtype."""
+    gen = _gen(group_size)
+    x, z = _randn(gen, 2, 3, 12), _randn(gen, 2, 3, 12)
+    weight = _randn(gen, 12)
+    y = kernels.gated_rms_norm(x, z, weight, group_size, 1e-5)
+    assert y.shape == x.shape and y.dtype == torch.float32
+    want = naive_gated_rms_norm(x.reshape(6, 12), z.reshape(6, 12), weight, group_size, 1e-5).reshape(2, 3, 12)
+    torch.testing.assert_close(y, want.float(), **F32)
+    assert gated_rms_norm(x.bfloat16(), z.bfloat16(), weight, group_size, 1e-5).dtype == torch.bfloat16
+
+
+def naive_linear_cross_entropy(x, weight, targets):
+    """mean over kept tokens (targets != -100) of logsumexp(l) - l[target], l = weight @ x, in float64."""
+    x64, w64 = x.double(), weight.double()
+    losses = []
+    for row, target in enumerate(targets.tolist()):
+        if target == -100:
+            continue
+        logits = [float(w64[v] @ x64[row]) for v in range(w64.shape[0])]
+        top = max(logits)
+        losses.append(top + math.log(sum(math.exp(v - top) for v in logits)) - logits[target])
+    return sum(losses) / len(losses)
+
+
+def test_linear_cross_entropy_matches_naive():
+    """The head + loss equals the per-token formula, ignored targets left out of the mean,
+    as a 0-d fp32 tensor, whose gradients are those of the float64 formula."""
+    gen = _gen(5)
+    x, weight = _randn(gen, 7, 6).requires_grad_(), _randn(gen, 11, 6).requires_grad_()
+    targets = torch.tensor([3, 0, -100, 10, 5, -100, 1])
+    value = kernels.linear_cross_entropy(x, weight, targets)
+    assert value.shape == () and value.dtype == torch.float32
+    assert value.item() == pytest.approx(naive_linear_cross_entropy(x.detach(), weight.detach(), targets), rel=1e-6)
+    x64, w64 = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    kept = targets != -100
+    want = F.cross_entropy((x64 @ w64.T)[kept], targets[kept])  # the formula's own autograd in float64
+    assert want.item() == pytest.approx(value.item(), rel=1e-6)
+    for got, wt in zip(torch.autograd.grad(value, [x, weight]), torch.autograd.grad(want, [x64, w64]), strict=True):
+        torch.testing.assert_close(got, wt.float(), **F32_GRAD)
+    assert linear_cross_entropy is kernels.linear_cross_entropy.reference
+
+
 # ----------------------------------------------------------------------------- registry
 
 OP_NAMES = {
@@ -473,11 +566,13 @@ OP_NAMES = {
     "causal_conv1d",
     "causal_conv1d_step",
     "expert_swiglu",
+    "gated_rms_norm",
+    "linear_cross_entropy",
 }
 
 
 def test_backends_report_reference_for_every_op():
-    """backends() lists exactly the seven ops, each with a reason; without CUDA every op runs
+    """backends() lists exactly the ops of OP_NAMES, each with a reason; without CUDA every op runs
     its reference, and each op's reference is the plain-PyTorch function of its module."""
     report = kernels.backends()
     assert set(report) == OP_NAMES
@@ -493,6 +588,8 @@ def test_backends_report_reference_for_every_op():
         "causal_conv1d": conv.causal_conv1d,
         "causal_conv1d_step": conv.causal_conv1d_step,
         "expert_swiglu": moe.expert_swiglu,
+        "gated_rms_norm": norm.gated_rms_norm,
+        "linear_cross_entropy": loss.linear_cross_entropy,
     }
     for name, fn in expected.items():
         assert kernels.OPS[name].reference is fn, name

@@ -8,6 +8,10 @@ import torch.nn.functional as F
 import hybridnas.kernels as kernels
 from hybridnas import ArchSpec
 from hybridnas.kernels.attention import causal_attention as causal_attention_ref
+from hybridnas.kernels.conv import causal_conv1d as causal_conv1d_ref
+from hybridnas.kernels.conv import causal_conv1d_step as causal_conv1d_step_ref
+from hybridnas.kernels.loss import linear_cross_entropy as linear_cross_entropy_ref
+from hybridnas.kernels.norm import gated_rms_norm as gated_rms_norm_ref
 from hybridnas.kernels.ssd import ssd_chunked, ssd_step
 from hybridnas.model import Mamba2
 
@@ -116,6 +120,140 @@ def test_masked_decode_matches_sliced_decode_on_cuda():
         torch.testing.assert_close(masked.float(), kernels.attention_decode(q, k, v, n).float(), **TOL[torch.bfloat16])
 
 
+# ---- the Mamba-2 glue and the LM head: scan with dt bias, conv, gated norm, fused loss -------
+
+GRAD_TOL = {torch.float32: {"rtol": 2e-3, "atol": 2e-3}, torch.bfloat16: {"rtol": 5e-2, "atol": 5e-2}}
+
+
+def _close(fast, ref, tol, what):
+    """Relative to the reference's largest magnitude, as mamba_ssm's tests compare."""
+    scale = ref.float().abs().max()
+    torch.testing.assert_close(fast.float() / scale, ref.float() / scale, **tol, msg=what)
+
+
+def _run(fn, leaves, weights):
+    """fn's outputs and the gradients of a weighted sum of them with respect to ``leaves``."""
+    out = fn(*leaves)
+    outs = out if isinstance(out, tuple) else (out,)
+    loss = sum((o.float() * w).sum() for o, w in zip(outs, weights, strict=True))
+    return outs, torch.autograd.grad(loss, leaves)
+
+
+def _compare(fast, ref, leaves, weights, dtype, names):
+    (outs, grads), (outs_ref, grads_ref) = _run(fast, leaves, weights), _run(ref, leaves, weights)
+    for i, (o, o_ref) in enumerate(zip(outs, outs_ref, strict=True)):
+        assert o.dtype == o_ref.dtype and o.shape == o_ref.shape, i
+        _close(o, o_ref, TOL[dtype], f"output {i}")
+    for name, g, g_ref in zip(names, grads, grads_ref, strict=True):
+        assert g_ref.abs().max() > 0, name
+        _close(g, g_ref, GRAD_TOL[dtype], f"grad {name}")
+
+
+def test_backends_choose_the_fast_mamba2_and_loss_paths():
+    report = kernels.backends()
+    assert report["causal_conv1d"]["backend"] in ("causal-conv1d", "fla"), report["causal_conv1d"]
+    assert report["causal_conv1d_step"]["backend"] == report["causal_conv1d"]["backend"]
+    assert report["gated_rms_norm"]["backend"] == "triton", report["gated_rms_norm"]
+    assert report["linear_cross_entropy"]["backend"] == "liger-kernel", report["linear_cross_entropy"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_scan_with_dt_bias_and_softplus_matches_reference(dtype):
+    """The model's call: the raw dt as a strided slice of the projection, dt_bias and softplus
+    inside the scan; outputs, final state and the gradients of every input, dt_bias included."""
+    inputs = ssd_inputs(t=200, dtype=dtype)
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    h = inputs["A"].shape[0]
+    projection = torch.randn(2, 200, h + 5, generator=gen, device="cuda").to(dtype)
+    values = {**inputs, "dt": projection[..., 3 : 3 + h], "dt_bias": torch.randn(h, generator=gen, device="cuda") - 2}
+    names = ["x", "dt", "A", "B", "C", "D", "initial_state", "dt_bias"]
+    leaves = [values[k].detach().requires_grad_() for k in names]
+    weights = [torch.randn(2, 200, h, 32, generator=gen, device="cuda"), torch.randn(2, h, 32, 32, device="cuda")]
+
+    def scan(fn):
+        return lambda *a: fn(*a[:7], chunk_size=64, dt_bias=a[7], dt_softplus=True)
+
+    _compare(scan(kernels.ssd_scan), scan(ssd_chunked), leaves, weights, dtype, names)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_conv_matches_reference(dtype):
+    """x as the model passes it, the [B, C, T] transpose of a slice of a [B, T, ...]
+    projection; fp32 weight and bias (bf16 under autocast, as in training)."""
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    projection = torch.randn(2, 300, 200, generator=gen, device="cuda").to(dtype)
+    leaves = [
+        projection[..., 10:170].detach().requires_grad_(),
+        (torch.randn(160, 4, generator=gen, device="cuda") / 2).requires_grad_(),
+        torch.randn(160, generator=gen, device="cuda").requires_grad_(),
+    ]
+    weights = [torch.randn(2, 160, 300, generator=gen, device="cuda")]
+
+    def conv(fn):
+        return lambda x, w, b: fn(x.transpose(1, 2), w, b, "silu")
+
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        _compare(conv(kernels.causal_conv1d), conv(causal_conv1d_ref), leaves, weights, dtype, ["x", "weight", "bias"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_conv_step_matches_reference(dtype):
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    weight = torch.randn(160, 4, generator=gen, device="cuda").to(dtype)
+    bias = torch.randn(160, generator=gen, device="cuda").to(dtype)
+    state = torch.randn(3, 160, 4, generator=gen, device="cuda").to(dtype)
+    state_ref = state.clone()
+    for _ in range(5):
+        x = torch.randn(3, 170, generator=gen, device="cuda").to(dtype)[:, 5:165]  # a slice, as in the model
+        y = kernels.causal_conv1d_step(x, state, weight, bias, "silu")
+        _close(y, causal_conv1d_step_ref(x, state_ref, weight, bias, "silu"), TOL[dtype], "y")
+    _close(state, state_ref, TOL[dtype], "state")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("group_size", [64, 256])
+def test_fast_gated_rms_norm_matches_reference(dtype, group_size):
+    """z as in the model, a strided slice of the projection; outputs and grads of x, z, weight."""
+    gen = torch.Generator(device="cuda").manual_seed(group_size)
+    projection = torch.randn(2, 100, 700, generator=gen, device="cuda").to(dtype)
+    leaves = [
+        torch.randn(2, 100, 256, generator=gen, device="cuda").to(dtype).requires_grad_(),
+        projection[..., 50:306].detach().requires_grad_(),
+        torch.randn(256, generator=gen, device="cuda").requires_grad_(),
+    ]
+    weights = [torch.randn(2, 100, 256, generator=gen, device="cuda")]
+
+    def norm(fn):
+        return lambda x, z, w: fn(x, z, w, group_size, 1e-5)
+
+    _compare(norm(kernels.gated_rms_norm), norm(gated_rms_norm_ref), leaves, weights, dtype, ["x", "z", "weight"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_linear_cross_entropy_matches_reference(dtype):
+    """Loss and the gradients of x and weight (scaled by an incoming gradient of 2), with
+    ignored targets; fp32, and bf16 autocast over fp32 x and weight as in training. Without
+    grad mode the loss alone is the same."""
+    gen = torch.Generator(device="cuda").manual_seed(4)
+    leaves = [
+        torch.randn(1000, 256, generator=gen, device="cuda").requires_grad_(),
+        (torch.randn(5000, 256, generator=gen, device="cuda") / 16).requires_grad_(),
+    ]
+    targets = torch.randint(0, 5000, (1000,), generator=gen, device="cuda")
+    targets[::7] = -100
+    weights = [torch.tensor(2.0, device="cuda")]
+
+    def head(fn):
+        return lambda x, w: fn(x, w, targets)
+
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        _compare(head(kernels.linear_cross_entropy), head(linear_cross_entropy_ref), leaves, weights, dtype, "xw")
+        with torch.no_grad():
+            value, want = kernels.linear_cross_entropy(*leaves, targets), linear_cross_entropy_ref(*leaves, targets)
+    assert value.shape == () and value.dtype == torch.float32
+    _close(value, want, TOL[dtype], "no-grad loss")
+
+
 # ---- our Mamba2 against mamba-ssm's ---------------------------------------------------------
 
 
@@ -154,3 +292,75 @@ def test_our_mamba2_reproduces_mamba_ssm_given_the_same_weights(dtype):
             step_ours = ours.step(u[:, i], cache, i)
             step_theirs, conv_state, ssm_state = theirs.step(u[:, i : i + 1], conv_state, ssm_state)
             torch.testing.assert_close(step_ours.float() / scale, step_theirs[:, 0].float() / scale, **TOL[dtype])
+
+
+# ---- split-KV attention decode ---------------------------------------------------------------
+
+DECODE_TOL = {**TOL, torch.float16: {"rtol": 5e-3, "atol": 5e-3}}
+
+
+def _decode_inputs(batch, hq, hkv, slots, dtype, d=64, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    q, k, v = (torch.randn(batch, h, n, d, generator=gen, device="cuda").to(dtype)
+               for h, n in ((hq, 1), (hkv, slots), (hkv, slots)))
+    return q, k, v
+
+
+def _assert_decode_close(fast, ref, dtype, msg=""):
+    """Relative to the output's largest entry: averaged over 32K random values, outputs are
+    ~0.01, where an absolute tolerance would pass anything."""
+    scale = ref.float().abs().max()
+    torch.testing.assert_close(fast.float() / scale, ref.float() / scale, **DECODE_TOL[dtype], msg=msg)
+
+
+def test_backends_choose_split_kv_for_decode():
+    assert kernels.backends()["attention_decode"]["backend"] == "split-kv"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    ("batch", "hq", "hkv", "slots", "d"),
+    [(1, 4, 4, 17, 64), (4, 12, 3, 2081, 64), (2, 6, 1, 32768, 64), (3, 16, 2, 5000, 128), (2, 4, 2, 300, 16)],
+)
+def test_split_kv_decode_matches_reference(dtype, batch, hq, hkv, slots, d):
+    """Cache lengths of one block to 32K (one to 128 ranges), MHA and GQA ratios 4 and 6,
+    every n_valid form: int, 0-d tensor, and per sequence ragged down to one slot."""
+    from hybridnas.kernels.attention import attention_decode as reference
+
+    q, k, v = _decode_inputs(batch, hq, hkv, slots, dtype, d, seed=slots)
+    ragged = torch.linspace(1, slots, batch, device="cuda").long()
+    for n_valid in (slots, max(1, slots // 3), torch.tensor(slots, device="cuda"), ragged):
+        fast = kernels.attention_decode(q, k, v, n_valid)
+        ref = reference(q, k, v, n_valid)
+        assert fast.shape == ref.shape == (batch, hq, 1, d) and fast.dtype == dtype
+        _assert_decode_close(fast, ref, dtype, msg=f"n_valid={n_valid}")
+
+
+def test_split_kv_decode_reads_strided_query_heads():
+    """Attention.step's query is a transposed view [batch, Hq, 1, d] of [batch, 1, Hq, d]."""
+    from hybridnas.kernels.attention import attention_decode as reference
+
+    q, k, v = _decode_inputs(2, 8, 2, 1000, torch.bfloat16)
+    q = q.transpose(1, 2).contiguous().transpose(1, 2)
+    n = torch.tensor([1000, 3], device="cuda")
+    _assert_decode_close(kernels.attention_decode(q, k, v, n), reference(q, k, v, n), torch.bfloat16)
+
+
+def test_split_kv_decode_inside_a_cuda_graph():
+    """Captured once, replayed with new counts and cache contents: the same ranges, and
+    each replay reads the counts from the device."""
+    from hybridnas.kernels.attention import attention_decode as reference
+
+    q, k, v = _decode_inputs(4, 12, 3, 8192, torch.bfloat16)
+    n_valid = torch.tensor([8192, 100, 4097, 1], device="cuda")
+    kernels.attention_decode(q, k, v, n_valid)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = kernels.attention_decode(q, k, v, n_valid)
+    for step in range(3):
+        fresh = _decode_inputs(4, 12, 3, 8192, torch.bfloat16, seed=step + 1)
+        for static, value in zip((q, k, v), fresh, strict=True):
+            static.copy_(value)
+        n_valid.copy_(torch.tensor([8192 - step, 100 + step, 5000, 2 + step]))
+        graph.replay()
+        _assert_decode_close(out, reference(q, k, v, n_valid), torch.bfloat16, msg=f"replay {step}")

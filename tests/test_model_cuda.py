@@ -38,16 +38,23 @@ def test_decode_matches_forward_on_cuda(name):
         torch.testing.assert_close(stepped / scale, full / scale, rtol=0, atol=tol)
 
 
-@pytest.mark.parametrize("name", [n for n in SPECS if not n.startswith("moe")])
-def test_cuda_graph_decode_matches_eager_decode(name):
-    """After a prefill, the graphed step gives the eager step's logits token for token,
-    through the window's ring-buffer wrap-around (window 5, 13 decoded tokens)."""
+def _prefilled_twice(name: str):
+    """The bf16 model of SPECS[name], 21 random tokens for 2 sequences, and two caches each
+    prefilled with the first 8: one for the eager step, one for the graphed step."""
     model = HybridLM(SPECS[name]).cuda().to(torch.bfloat16).eval()
     tokens = torch.randint(0, VOCAB, (2, 21), device="cuda")
     caches = [model.allocate_cache(2, 21) for _ in range(2)]
     with torch.no_grad():
         for cache in caches:
             model(tokens[:, :8], cache)
+    return model, tokens, caches
+
+
+@pytest.mark.parametrize("name", [n for n in SPECS if not n.startswith("moe")])
+def test_cuda_graph_decode_matches_eager_decode(name):
+    """After a prefill, the graphed step gives the eager step's logits token for token,
+    through the window's ring-buffer wrap-around (window 5, 13 decoded tokens)."""
+    model, tokens, caches = _prefilled_twice(name)
     graphed = CUDAGraphStep(model, caches[1])
     for i in range(8, 21):
         eager = model.step(tokens[:, i], caches[0])
@@ -61,3 +68,17 @@ def test_cuda_graph_refuses_moe():
     model = HybridLM(SPECS["moe-0"]).cuda().eval()
     with pytest.raises(GraphCaptureError, match="MoE"):
         CUDAGraphStep(model, model.allocate_cache(1, 8))
+
+
+@pytest.mark.parametrize("name", ["inter", "intra-0-sub"])
+def test_compiled_cuda_graph_decode_matches_eager_decode(name):
+    """compile=True (every block symbol: M, *, W, H, -): the compiled, graphed step follows
+    the eager step through 13 tokens and the window's wrap-around. bf16 tolerance relative
+    to the logits: inductor rounds to bf16 once per fused kernel, the eager step once per op."""
+    model, tokens, caches = _prefilled_twice(name)
+    graphed = CUDAGraphStep(model, caches[1], compile=True)
+    assert graphed.compiled, graphed.why_not_compiled
+    for i in range(8, 21):
+        eager = model.step(tokens[:, i], caches[0]).float()
+        scale = eager.abs().max()
+        torch.testing.assert_close(graphed(tokens[:, i]).float() / scale, eager / scale, rtol=0, atol=5e-2)

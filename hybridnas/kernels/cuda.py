@@ -1,19 +1,33 @@
 """Fast CUDA backends, registered on the ops when their libraries load.
 
+The kernels that run inside the training step are wrapped as ``torch.library`` custom ops
+(``hybridnas.kernels.custom_ops``), so torch.compile keeps the step one graph around them.
+
 - ``ssd_scan`` / ``ssd_step``: mamba-ssm's Triton kernels ``mamba_chunk_scan_combined`` and
   ``selective_state_update``. A mamba-ssm installed without its CUDA extension fails on
   ``import mamba_ssm`` (its ``__init__`` imports ``selective_scan_cuda``), but the Triton
-  modules need nothing from it: they are imported under a bare package object instead.
-- ``causal_conv1d`` / ``causal_conv1d_step``: the ``causal-conv1d`` package, when installed.
-  (Without it the conv is cuDNN's depthwise F.conv1d. Writing it as K shifted multiply-adds
-  for torch.compile to fuse was 1.3x faster alone but made the compiled training step 25%
-  slower on an H100, so it was dropped: see docs/benchmarks.md.)
+  modules need nothing from it: they are imported under a bare package object instead. The
+  scan takes the raw dt with dt_bias and applies softplus in its dt kernel, so the model
+  makes no fp32 [B, T, H] dt tensor of its own.
+- ``gated_rms_norm``: mamba-ssm's Triton gated RMSNorm (``layernorm_gated.rmsnorm_fn``, norm
+  after the gate), loaded the same way: one kernel forward, one backward, where the compiled
+  reference made fp32 copies of x and z and several passes.
+- ``causal_conv1d`` / ``causal_conv1d_step``: the ``causal-conv1d`` package, when installed;
+  else flash-linear-attention's Triton kernels (``fla-core``, ``fla.modules.causal_conv1d``),
+  which read the model's [B, T, C] slice through its strides. (Without either the conv is
+  cuDNN's depthwise F.conv1d, slow in bf16: 3.3 ms fwd+bwd per layer on an H100. Written as K
+  shifted multiply-adds for torch.compile to fuse it was 1.3x faster alone but made the
+  compiled training step 25% slower, so it was dropped: see docs/benchmarks.md.)
+- ``linear_cross_entropy``: Liger-Kernel's fused linear cross-entropy (pure Triton): the LM
+  head's [N, V] fp32 logits (3.3 GB at 16K tokens x 50K vocabulary) are never materialised.
 - ``causal_attention`` with a sliding window: PyTorch's FlexAttention with a block-sparse
   window mask, so only the key blocks inside the window are computed (the reference passes
   a dense boolean mask to SDPA, which computes all T x T scores and cannot use the flash
   backend). Global causal attention stays on SDPA, whose flash backend it already takes.
-- ``attention_decode`` stays on SDPA: one query row per KV head group is a memory-bound
-  read of the cache, which SDPA's memory-efficient backend already does.
+- ``attention_decode``: our Triton split-KV ("flash-decoding") kernel
+  (``hybridnas.kernels.decode``): the reference's batched matmuls read a long cache at about
+  0.3 TB/s, one (sequence, KV head) at a time; the kernel spreads the cache's slots over the
+  whole GPU and reads each key block once per group of query heads.
 """
 
 from __future__ import annotations
@@ -30,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hybridnas.kernels import conv, custom_ops, step_ops
 from hybridnas.kernels.registry import Op
-from hybridnas.kernels.ssd import ssd_chunked
 
 if TYPE_CHECKING:  # imported where used at run time: FlexAttention loads only on CUDA machines
     from torch.nn.attention.flex_attention import BlockMask
@@ -57,32 +71,6 @@ def load_mamba_triton() -> tuple[types.ModuleType, types.ModuleType]:
     )
 
 
-def _ssd_scan_triton(combined: types.ModuleType) -> Callable[..., tuple[Tensor, Tensor]]:
-    """``ssd_scan`` with ssd_chunked's signature and shapes (see ``hybridnas.kernels.ssd``)."""
-
-    def ssd_scan(
-        x: Tensor,
-        dt: Tensor,
-        A: Tensor,
-        B: Tensor,
-        C: Tensor,
-        D: Tensor | None = None,
-        initial_state: Tensor | None = None,
-        chunk_size: int = 256,
-    ) -> tuple[Tensor, Tensor]:
-        """y [b, T, H, P], final_state [b, H, P, N]."""
-        if chunk_size & (chunk_size - 1):  # the Triton kernels tile by powers of two
-            return ssd_chunked(x, dt, A, B, C, D, initial_state, chunk_size)
-        y: Tensor
-        final_state: Tensor
-        y, final_state = combined.mamba_chunk_scan_combined(
-            x, dt, A, B, C, chunk_size, D=D, initial_states=initial_state, return_final_states=True
-        )
-        return y, final_state
-
-    return ssd_scan
-
-
 def _ssd_step_triton(update: types.ModuleType) -> Callable[..., Tensor]:
     """``ssd_step`` with the reference's signature and shapes (see ``hybridnas.kernels.ssd``)."""
 
@@ -101,6 +89,23 @@ def _ssd_step_triton(update: types.ModuleType) -> Callable[..., Tensor]:
         return y
 
     return ssd_step
+
+
+def _conv_fla_step(fla_conv: types.ModuleType) -> Callable[..., Tensor]:
+    """causal_conv1d_step through fla's ``causal_conv1d_update`` (same state layout)."""
+    reference = conv.causal_conv1d_step
+
+    def causal_conv1d_step(
+        x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None
+    ) -> Tensor:
+        """x [batch, C]; conv_state [batch, C, K] shifted in place -> [batch, C]."""
+        if not conv_state.is_contiguous():  # fla would shift a contiguous copy, not the state
+            return reference(x, conv_state, weight, bias, activation)
+        y, _ = fla_conv.causal_conv1d_update(x=x, cache=conv_state, weight=weight, bias=bias, activation=activation)
+        out: Tensor = y
+        return out
+
+    return causal_conv1d_step
 
 
 def _conv_causal_conv1d(module: types.ModuleType) -> tuple[Callable[..., Tensor], Callable[..., Tensor]]:
@@ -154,23 +159,58 @@ def register(ops: dict[str, Op]) -> None:
     try:
         combined, update = load_mamba_triton()
     except Exception as exc:  # any import failure means: keep the reference, and say why
-        for name in ("ssd_scan", "ssd_step"):
+        for name in ("ssd_scan", "ssd_step", "gated_rms_norm"):
             ops[name].reason = f"reference: mamba-ssm Triton kernels unavailable ({type(exc).__name__}: {exc})"
     else:
         ops["ssd_scan"].register_cuda(
-            "triton", _ssd_scan_triton(combined), "mamba-ssm Triton mamba_chunk_scan_combined"
+            "triton", custom_ops.ssd_scan(combined),
+            "mamba-ssm Triton mamba_chunk_scan_combined (dt bias + softplus fused)",
         )
-        ops["ssd_step"].register_cuda("triton", _ssd_step_triton(update), "mamba-ssm Triton selective_state_update")
+        ops["ssd_step"].register_cuda(
+            "triton", step_ops.ssd_step(_ssd_step_triton(update)), "mamba-ssm Triton selective_state_update"
+        )
+        try:
+            norm = importlib.import_module("mamba_ssm.ops.triton.layernorm_gated")
+        except Exception as exc:
+            ops["gated_rms_norm"].reason = f"reference: mamba-ssm's Triton gated norm unavailable ({exc})"
+        else:
+            ops["gated_rms_norm"].register_cuda(
+                "triton", custom_ops.gated_rms_norm(norm),
+                "mamba-ssm Triton gated RMSNorm (rmsnorm_fn, norm after gate)",
+            )
 
     try:
         module = importlib.import_module("causal_conv1d")
     except Exception as exc:
-        for name in ("causal_conv1d", "causal_conv1d_step"):
-            ops[name].reason = f"reference F.conv1d: causal-conv1d unavailable ({type(exc).__name__})"
+        try:  # second choice: fla's Triton kernels
+            fla_conv = importlib.import_module("fla.modules.causal_conv1d.ops")
+        except Exception as fla_exc:
+            for name in ("causal_conv1d", "causal_conv1d_step"):
+                ops[name].reason = (
+                    f"reference F.conv1d: causal-conv1d unavailable ({type(exc).__name__}), "
+                    f"fla-core unavailable ({type(fla_exc).__name__})"
+                )
+        else:
+            why = f"causal-conv1d unavailable ({type(exc).__name__})"
+            full = custom_ops.causal_conv1d(fla_conv)
+            ops["causal_conv1d"].register_cuda("fla", full, f"fla-core Triton kernel: {why}")
+            fla_step = step_ops.causal_conv1d_step(_conv_fla_step(fla_conv))
+            ops["causal_conv1d_step"].register_cuda("fla", fla_step, f"fla-core Triton update: {why}")
     else:
         full, step = _conv_causal_conv1d(module)
         ops["causal_conv1d"].register_cuda("causal-conv1d", full, "causal-conv1d CUDA kernel")
-        ops["causal_conv1d_step"].register_cuda("causal-conv1d", step, "causal-conv1d CUDA update kernel")
+        ops["causal_conv1d_step"].register_cuda(
+            "causal-conv1d", step_ops.causal_conv1d_step(step), "causal-conv1d CUDA update kernel"
+        )
+
+    try:
+        flce = importlib.import_module("liger_kernel.ops.fused_linear_cross_entropy")
+    except Exception as exc:
+        ops["linear_cross_entropy"].reason = f"reference F.linear + F.cross_entropy: liger-kernel unavailable ({exc})"
+    else:
+        ops["linear_cross_entropy"].register_cuda(
+            "liger-kernel", custom_ops.linear_cross_entropy(flce), "Liger-Kernel fused linear cross-entropy (Triton)"
+        )
 
     try:
         windowed = _attention_flex()
@@ -180,7 +220,15 @@ def register(ops: dict[str, Op]) -> None:
         ops["causal_attention"].register_cuda(
             "flex", windowed, "SDPA flash backend for global attention; FlexAttention block-sparse kernel for windows"
         )
-    ops["attention_decode"].reason = "scaled_dot_product_attention against the KV cache"
+
+    try:  # Triton ships with CUDA builds of torch; without it the reference stays
+        from hybridnas.kernels.decode import attention_decode as split_kv_decode
+    except Exception as exc:
+        ops["attention_decode"].reason = f"reference batched matmuls: Triton unavailable ({type(exc).__name__}: {exc})"
+    else:
+        ops["attention_decode"].register_cuda(
+            "split-kv", split_kv_decode, "Triton split-KV kernel: the cache spread over the GPU, then a combine"
+        )
 
 
 def import_mamba_ssm_models() -> types.ModuleType:

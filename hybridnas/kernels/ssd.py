@@ -7,7 +7,8 @@ Per head h, with a scalar decay per step, the recurrence over time t is::
 
 Shapes (mamba_ssm's conventions, so fast kernels share the interface):
     x  [batch, T, H, P]   inputs, H heads of P channels
-    dt [batch, T, H]      step sizes, already positive (softplus applied by the caller)
+    dt [batch, T, H]      step sizes, positive; or, with ``dt_bias`` [H] and ``dt_softplus``,
+                          the raw projection, which the scan turns into softplus(dt + dt_bias)
     A  [H]                decay rates, negative
     B, C [batch, T, G, N] input/output projections, G groups shared by H/G heads each
     D  [H] or None        skip connection
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ssd_chunked", "ssd_sequential", "ssd_step"]
+__all__ = ["ssd_chunked", "ssd_sequential", "ssd_step", "step_sizes"]
 
 
 def _heads(bc: Tensor, n_heads: int) -> Tensor:
@@ -58,6 +59,15 @@ def _segsum_from_cumsum(a_cum: Tensor) -> Tensor:
     return (a_cum.unsqueeze(-1) - a_cum.unsqueeze(-2)).masked_fill(~causal, float("-inf"))
 
 
+def step_sizes(dt: Tensor, dt_bias: Tensor | None = None, dt_softplus: bool = False) -> Tensor:
+    """dt [..., H] in fp32, + dt_bias [H] when given, through softplus when asked (Mamba-2's
+    dt = softplus(W_dt u + bias)). The fast scan does the same inside its kernel."""
+    dt = dt.float()
+    if dt_bias is not None:
+        dt = dt + dt_bias.float()
+    return F.softplus(dt) if dt_softplus else dt
+
+
 def _pad_time(t: Tensor, pad: int) -> Tensor:
     """Zero-pad dim 1 (time) at the end. dt = 0 there means no decay and no input, so the
     padded steps leave the state unchanged."""
@@ -73,11 +83,13 @@ def ssd_chunked(
     D: Tensor | None = None,
     initial_state: Tensor | None = None,
     chunk_size: int = 256,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Chunked SSD in plain PyTorch (fp32 inside). Returns (y [b, T, H, P], final_state [b, H, P, N])."""
     in_dtype = x.dtype
     b, t, h, p = x.shape
-    x32, dt32, A32 = x.float(), dt.float(), A.float()
+    x32, dt32, A32 = x.float(), step_sizes(dt, dt_bias, dt_softplus), A.float()
     Bh, Ch = _heads(B.float(), h), _heads(C.float(), h)  # [b, T, H, N]
     n = Bh.shape[-1]
     length = min(chunk_size, t)

@@ -9,14 +9,15 @@ single-device PyTorch: precision, compilation and parallelism belong to the trai
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.types import Device
 
+from hybridnas import kernels
 from hybridnas.model.attention import Attention, SlidingWindowAttention
 from hybridnas.model.cache import LayerCache, LMCache
 from hybridnas.model.ffn import SwiGLU
@@ -57,6 +58,9 @@ if TYPE_CHECKING:  # mypy checks that every mixer class implements Mixer; nothin
     _MIXER_CLASSES: tuple[type[Mixer], ...] = (Mamba2, Attention, SlidingWindowAttention, ParallelHybrid)
 
 INIT_STD = 0.02
+
+
+BlockStep: TypeAlias = "Callable[[Block, Tensor, LayerCache | None, Tensor], Tensor]"  # Block.step as a function
 
 
 class LMLoss(NamedTuple):
@@ -157,6 +161,11 @@ class HybridLM(nn.Module):
                 aux = aux + layer_aux
         return self.norm(x), aux
 
+    @property
+    def head_weight(self) -> Tensor:
+        """The LM head's [vocab, d_model] matrix: the embedding's when tied."""
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
     def _logits(self, x: Tensor) -> Tensor:
         return F.linear(x, self.embed.weight) if self.lm_head is None else self.lm_head(x)
 
@@ -177,8 +186,8 @@ class HybridLM(nn.Module):
         if targets is None:
             tokens, targets = tokens[:, :-1], tokens[:, 1:]
         x, aux = self._trunk(tokens)
-        logits = self._logits(x)
-        lm = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        # the head and the loss in one op: on CUDA the [B*T, vocab] logits never exist in full
+        lm = kernels.linear_cross_entropy(x.flatten(0, 1), self.head_weight, targets.flatten())
         return LMLoss(lm + aux, lm, aux)
 
     def loss(self, tokens: Tensor, targets: Tensor | None = None) -> Tensor:
@@ -220,11 +229,16 @@ class HybridLM(nn.Module):
         return logits
 
     @torch.no_grad()
-    def step_on_device(self, tokens: Tensor, cache: LMCache) -> Tensor:
+    def step_on_device(self, tokens: Tensor, cache: LMCache, block_step: BlockStep | None = None) -> Tensor:
         """:meth:`step`'s device work alone: no bounds check and no host bookkeeping
-        (``cache.pos`` is left to the caller), so it can be captured in a CUDA graph."""
+        (``cache.pos`` is left to the caller), so it can be captured in a CUDA graph.
+        ``block_step(block, x, layer_cache, position)``, when given, stands in for
+        ``block.step`` (``CUDAGraphStep`` passes a compiled one)."""
         x = self.embed(tokens)
         for block, layer_cache in zip(self.typed_blocks, cache.layers, strict=True):
-            x = block.step(x, layer_cache, cache.position)
+            if block_step is None:
+                x = block.step(x, layer_cache, cache.position)
+            else:
+                x = block_step(block, x, layer_cache, cache.position)
         cache.position.add_(1)
         return self._logits(self.norm(x))

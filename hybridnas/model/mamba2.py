@@ -6,12 +6,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.types import Device
 
 from hybridnas import kernels
 from hybridnas.kernels.conv import conv_state_from_prefix
+from hybridnas.kernels.ssd import step_sizes
 from hybridnas.model.cache import Mamba2Cache
 from hybridnas.model.flags import NO_WEIGHT_DECAY, RESIDUAL_OUT, set_flag
 from hybridnas.model.norms import GatedRMSNorm
@@ -71,17 +71,15 @@ class Mamba2(nn.Module):
         z, xbc, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.n_heads], dim=-1)
         return z, xbc, dt
 
-    def _ssm_inputs(self, xbc: Tensor, dt: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Split the conv output [..., conv_dim] into x [..., H, P], B and C [..., G, N];
-        dt [..., H] -> softplus(dt + bias); A [H]."""
+    def _ssm_inputs(self, xbc: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Split the conv output [..., conv_dim] into x [..., H, P], B and C [..., G, N]; A [H]."""
         gn = self.n_groups * self.d_state
         x, B, C = torch.split(xbc, [self.d_inner, gn, gn], dim=-1)
         x = torch.unflatten(x, -1, (self.n_heads, self.head_dim))
         B = torch.unflatten(B, -1, (self.n_groups, self.d_state))
         C = torch.unflatten(C, -1, (self.n_groups, self.d_state))
-        dt = F.softplus(dt.float() + self.dt_bias.float())
         A = -torch.exp(self.A_log.float())
-        return x, dt, A, B, C
+        return x, A, B, C
 
     def _out(self, y: Tensor, z: Tensor) -> Tensor:
         """y, z [..., d_inner] -> [..., d_model] (or [..., d_inner] without out_proj)."""
@@ -99,8 +97,11 @@ class Mamba2(nn.Module):
         if cache is not None:
             cache.conv.copy_(conv_state_from_prefix(xbc, cache.conv.shape[-1]))
         xbc = kernels.causal_conv1d(xbc, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu").transpose(1, 2)
-        x, dt, A, B, C = self._ssm_inputs(xbc, dt)
-        y, final_state = kernels.ssd_scan(x, dt, A, B, C, D=self.D, chunk_size=self.chunk_size)
+        x, A, B, C = self._ssm_inputs(xbc)
+        # the raw dt: the scan takes softplus(dt + dt_bias) itself (in its dt kernel, on CUDA)
+        y, final_state = kernels.ssd_scan(
+            x, dt, A, B, C, D=self.D, chunk_size=self.chunk_size, dt_bias=self.dt_bias, dt_softplus=True
+        )
         if cache is not None:
             cache.ssm.copy_(final_state)
         return self._out(y.flatten(-2), z)
@@ -119,6 +120,6 @@ class Mamba2(nn.Module):
         (``position`` is unused: the state carries all that is needed.)"""
         z, xbc, dt = self._split(self.in_proj(u))
         xbc = kernels.causal_conv1d_step(xbc, cache.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
-        x, dt, A, B, C = self._ssm_inputs(xbc, dt)
-        y = kernels.ssd_step(cache.ssm, x, dt, A, B, C, D=self.D)
+        x, A, B, C = self._ssm_inputs(xbc)
+        y = kernels.ssd_step(cache.ssm, x, step_sizes(dt, self.dt_bias, dt_softplus=True), A, B, C, D=self.D)
         return self._out(y.flatten(-2), z)

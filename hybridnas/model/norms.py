@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hybridnas import kernels
+
 __all__ = ["RMSNorm", "GatedRMSNorm", "GroupNormPerToken", "branch_norm"]
 
 EPS = 1e-5
@@ -25,7 +27,8 @@ class RMSNorm(nn.RMSNorm):
 
 class GatedRMSNorm(nn.Module):
     """Mamba-2's output norm (mamba_ssm ``RMSNormGated``, norm after gate): RMS-normalise
-    x * silu(z) within groups of ``group_size`` channels, then scale. [..., C] -> [..., C]."""
+    x * silu(z) within groups of ``group_size`` channels, then scale (``kernels.gated_rms_norm``).
+    [..., C] -> [..., C]."""
 
     def __init__(self, dim: int, group_size: int) -> None:
         super().__init__()
@@ -33,10 +36,8 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
-        y = x.float() * F.silu(z.float())
-        groups = torch.unflatten(y, -1, (-1, self.group_size))  # [..., C / group_size, group_size]
-        groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + EPS)
-        return (groups.flatten(-2) * self.weight).to(x.dtype)
+        y: Tensor = kernels.gated_rms_norm(x, z, self.weight, self.group_size, EPS)
+        return y
 
 
 class GroupNormPerToken(nn.GroupNorm):

@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from hybridnas import kernels
 from hybridnas.kernels.attention import window_mask
 from hybridnas.kernels.moe import expert_swiglu
-from hybridnas.kernels.ssd import ssd_chunked
+from hybridnas.kernels.ssd import ssd_chunked, step_sizes
 from hybridnas.model import HybridLM
 from hybridnas.search_space import ArchSpec
 from hybridnas.search_space.cost import attention_pairs, attention_shape
@@ -104,9 +104,9 @@ def _(x, counts, w_gate, w_up, w_down):
     return torch.empty_like(x)
 
 
-def _ssd_traceable(x, dt, A, B, C, D=None, initial_state=None, chunk_size=256):
+def _ssd_traceable(x, dt, A, B, C, D=None, initial_state=None, chunk_size=256, dt_bias=None, dt_softplus=False):
     assert initial_state is None and D is not None, "counting traces the training forward"
-    return torch.ops.hybridnas.ssd_scan_opaque(x, dt, A, B, C, D, chunk_size)
+    return torch.ops.hybridnas.ssd_scan_opaque(x, step_sizes(dt, dt_bias, dt_softplus), A, B, C, D, chunk_size)
 
 
 @contextmanager

@@ -9,8 +9,10 @@ prefill and decode throughput at long contexts.
   by default, as in Bae et al. Table 13). Bae et al. report the average over generating up
   to a total length from a 512-token prompt; this measures the rate at that length, the
   figure that matters for a frontier and cheaper to take. The step is replayed from a CUDA
-  graph (``hybridnas.model.CUDAGraphStep``), as a serving stack would run it; models that
-  cannot be captured (MoE) decode eagerly, and ``decode_mode`` says so.
+  graph (``hybridnas.model.CUDAGraphStep``), as a serving stack would run it, each block's
+  step compiled by torch.compile before capture (``compile``) so the graph replays fused
+  kernels, not the eager step's ~1000 small ones; models that cannot be captured (MoE) decode
+  eagerly, and ``decode_mode`` says so.
 
 On a CPU nothing is measured: every figure is None and ``reason`` says why.
 """
@@ -40,7 +42,7 @@ class SpeedReport:
     seq_len: int | None = None
     prefill_tokens_per_s: dict[int, float] = field(default_factory=dict)
     decode_tokens_per_s: dict[int, float] = field(default_factory=dict)
-    decode_mode: str | None = None  # "cuda-graph", or "eager" and why
+    decode_mode: str | None = None  # "cuda-graph+compile", "cuda-graph", or "eager" and why
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,14 +78,15 @@ def measure_training(
     if missing is not None:
         return missing
     from hybridnas.trainer import Run, TrainConfig, load_tokens, make_plan, peak_flops
+    from hybridnas.trainer.config import MAX_FLOPS
 
     config = TrainConfig(tokenizer="bytes", seq_len=seq_len, batch_tokens=batch * seq_len, micro_batch=micro_batch,
                          compile=compile, progress=False, device="cuda", val_sequences=1)
     # byte tokens (ids < 257) are valid for any vocabulary: the spec keeps its own, so its
     # LM head costs what it will cost in a study
     data = load_tokens("sotu", "bytes", cache_dir=config.cache_dir)
-    plan = make_plan(spec, 1e30, config)  # a budget that never ends inside the measurement
-    run = Run(spec, 1e30, config, data, plan)
+    plan = make_plan(spec, MAX_FLOPS, config)  # the largest budget allowed: it never ends inside the measurement
+    run = Run(spec, MAX_FLOPS, config, data, plan)
     torch.cuda.reset_peak_memory_stats()
     step = iter(range(10**9))
     seconds = cuda_time(lambda: run.train_step(next(step), config.lr), repeats, warmup)
@@ -103,11 +106,12 @@ def measure_training(
 @torch.no_grad()
 def measure_decode(
     spec: ArchSpec, contexts: tuple[int, ...] = (2048, 8192, 32768), batch: int = 4,
-    steps: int = 32, repeats: int = 3, cuda_graph: bool = True,
+    steps: int = 32, repeats: int = 3, cuda_graph: bool = True, compile: bool = True,
 ) -> SpeedReport:
     """Prefill and decode tokens/s at each context length, bf16 weights and cache. Decode
-    replays the step from a CUDA graph (``CUDAGraphStep``) unless ``cuda_graph`` is False or
-    the model cannot be captured (MoE); ``decode_mode`` says which ran."""
+    replays the step from a CUDA graph (``CUDAGraphStep``, its blocks compiled first unless
+    ``compile`` is False) unless ``cuda_graph`` is False or the model cannot be captured
+    (MoE); ``decode_mode`` says which ran."""
     missing = _no_cuda()
     if missing is not None:
         return missing
@@ -119,7 +123,7 @@ def measure_decode(
         max_len = context + steps * (repeats + 2) + 4
         seconds, cache = _time_prefill(model, tokens, max_len)
         report.prefill_tokens_per_s[context] = batch * context / seconds
-        step, report.decode_mode = _decode_step(model, cache, cuda_graph)
+        step, report.decode_mode = _decode_step(model, cache, cuda_graph, compile)
         next_tokens = tokens[:, -1]
         report.decode_tokens_per_s[context] = batch * steps / _time_decode(step, next_tokens, steps, repeats)
         del cache, step  # free this context's cache (and graph) before the next, larger one
@@ -151,12 +155,15 @@ def _time_decode(step: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Ten
     return cuda_time(decode, repeats, warmup=1)
 
 
-def _decode_step(model: HybridLM, cache, cuda_graph: bool):
+def _decode_step(model: HybridLM, cache, cuda_graph: bool, compile: bool = True):
     """(tokens -> logits, what it is): the graphed step where it can be captured."""
     if not cuda_graph:
         return (lambda tokens: model.step(tokens, cache)), "eager"
     try:
-        return CUDAGraphStep(model, cache), "cuda-graph"
+        graphed = CUDAGraphStep(model, cache, compile=compile)
+        if graphed.compiled:
+            return graphed, "cuda-graph+compile"
+        return graphed, "cuda-graph" + (f" (compile failed: {graphed.why_not_compiled})" if compile else "")
     except GraphCaptureError as exc:
         return (lambda tokens: model.step(tokens, cache)), f"eager ({exc})"
 
