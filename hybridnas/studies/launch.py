@@ -267,6 +267,11 @@ def launch(target: str, *, storage: str | None = None, ray_address: str | None =
     return report
 
 
+def _sized_per_candidate(config, cluster: Cluster) -> bool:
+    """Whether trials hold different resources by candidate: "auto" GPUs where there are GPUs."""
+    return config.resources.gpus_per_trial == "auto" and cluster.has_gpus and config.trainer.device != "cpu"
+
+
 def _check_resources(config, space, *, local: bool) -> Cluster:
     """The Ray cluster as the trials' resources see it, once Ray is up; ResourcesError (one
     line, before the study is written) if no node can hold a trial as the study file asks, or
@@ -280,7 +285,7 @@ def _check_resources(config, space, *, local: bool) -> Cluster:
                  else ASSUMED_GPU_BYTES)
     cluster = Cluster(nodes, int(gpu_bytes))
     specs = list(space.baseline_specs().values())
-    sized = config.resources.gpus_per_trial == "auto" and cluster.has_gpus and config.trainer.device != "cpu"
+    sized = _sized_per_candidate(config, cluster)
     # GPUs given (or none to size): one check holds for every candidate; "auto": each baseline's
     # share (at most one GPU, and CPUs at most a GPU node's: a candidate sampled later fits too)
     for spec in specs if sized else [None]:
@@ -299,9 +304,13 @@ def _run(study: optuna.Study, space, config, store: ResultsStore, url: str, prog
     from hybridnas.studies.protocol import request_from_tune
     from hybridnas.studies.worker import run_trial
 
-    def resources(trial_config: dict) -> tune.PlacementGroupFactory:
+    def per_trial(trial_config: dict) -> tune.PlacementGroupFactory:
         spec = request_from_tune(trial_config).spec
         return tune.PlacementGroupFactory([trial_resources(config.resources, spec, config.trainer, cluster).bundle()])
+
+    # one request for every trial unless "auto" sizes each candidate's share of a GPU
+    same_for_all = trial_resources(config.resources, None, config.trainer, cluster).bundle()
+    resources = per_trial if _sized_per_candidate(config, cluster) else same_for_all
 
     tally = Tally()
     scheduler = ParetoScheduler.for_study(config)
@@ -317,7 +326,7 @@ def _run(study: optuna.Study, space, config, store: ResultsStore, url: str, prog
     # Tuner.restore" is wrong for hybridnas (the same launch command resumes a study)
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     tuner = tune.Tuner(
-        tune.with_resources(run_trial, resources),  # per trial: "auto" sizes each candidate
+        tune.with_resources(run_trial, resources),
         tune_config=tune.TuneConfig(search_alg=bridge, scheduler=scheduler, num_samples=-1,
                                     max_concurrent_trials=config.concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name="tune", storage_path=str(runs), verbose=0,
