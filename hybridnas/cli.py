@@ -317,7 +317,13 @@ def launch(
     ] = None,
 ) -> None:
     """Run a study (or resume it) to its number of trials; print its Pareto set."""
+    import faulthandler
     import shlex
+    import signal
+
+    # a driver runs for hours: `kill -USR1 PID` prints where every thread of it is, on stderr
+    if sys.__stderr__ is not None:  # the process's own stderr (a test's capture has no file descriptor)
+        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
 
     from hybridnas.studies.launch import StudyInterrupted
     from hybridnas.studies.launch import launch as run_launch

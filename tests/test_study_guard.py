@@ -235,20 +235,27 @@ def test_a_second_launch_is_refused_and_ctrl_c_leaves_nothing_running(capsys, tm
     url = f"sqlite:///{tmp_path / 'study.db'}"
     command = [sys.executable, "-m", "hybridnas", "launch", "test-tiny", "--storage", url, "--trials", "40",
                "--set", "budget.flops=2e10"]
-    driver = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "driver.log"
+    with open(log, "w") as out:
+        driver = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stdout=out, stderr=out)
     try:
         deadline = time.time() + 300
         while time.time() < deadline and driver.poll() is None and "running" not in _statuses(url):
             time.sleep(0.2)
-        assert driver.poll() is None, driver.communicate()
+        assert driver.poll() is None, log.read_text()[-3000:]
 
         code = main(["launch", "test-tiny", "--storage", url, "--trials", "40", "--set", "budget.flops=2e10"])
         err = capsys.readouterr().err
         assert code == 2 and f"pid {driver.pid} on " in err and err.count("\n") == 1, err
 
         driver.send_signal(signal.SIGINT)  # Ctrl-C of the first driver
-        _, err = driver.communicate(timeout=120)
+        try:
+            driver.wait(timeout=120)
+        except subprocess.TimeoutExpired:  # where it hangs: every thread's stack (cli.launch's faulthandler)
+            os.kill(driver.pid, signal.SIGUSR1)
+            time.sleep(3)
+            raise AssertionError(f"no exit 120 s after Ctrl-C:\n{log.read_text()[-6000:]}") from None
+        err = log.read_text()
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
