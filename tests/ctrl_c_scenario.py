@@ -1,11 +1,11 @@
 """Ctrl-C of a running driver, as a person does it, in a fresh interpreter (run by
-tests/test_study_guard.py): a driver is started, a second launch of the same study is refused
+tests/test_a_driver_interrupted.py): a driver is started, a second launch of the same study is refused
 in this process (one line naming the first driver's pid), the first driver gets SIGINT and
 must exit 130 with the resume command, leaving no trial running and its lease released.
 
     python tests/ctrl_c_scenario.py FOLDER     # exit 0, or an AssertionError and exit 1
 
-Why a fresh interpreter: inside the full test suite's process (after ~1,400 tests) the driver
+Why a fresh interpreter, and first: inside the full test suite (after ~1,400 tests) the driver
 it starts has more than once not exited within 120 s of its SIGINT, which never happened when
 the same steps ran alone (issue 16's closing note). ``kill -USR1`` of a hung driver prints its
 threads' stacks into ``FOLDER/driver.log``, which the failure shows.

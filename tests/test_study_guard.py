@@ -219,14 +219,6 @@ def test_a_kill_between_the_row_and_the_tell_is_repaired_by_the_next_launch(tmp_
 # ---- two real drivers, Ctrl-C -------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_a_second_launch_is_refused_and_ctrl_c_leaves_nothing_running(tmp_path):
-    """tests/ctrl_c_scenario.py, in a fresh interpreter (its docstring says why)."""
-    done = subprocess.run([sys.executable, str(Path(__file__).parent / "ctrl_c_scenario.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-6000:]
-
-
 # ---- read commands never write --------------------------------------------------------------
 
 
