@@ -321,9 +321,10 @@ def launch(
     import shlex
     import signal
 
-    # a driver runs for hours: `kill -USR1 PID` prints where every thread of it is, on stderr
+    # a driver runs for hours: `kill -USR2 PID` prints where every thread of it is, on stderr
+    # (not USR1: Ray Tune takes SIGUSR1 as "stop the run" once fitting starts, tune.py)
     if sys.__stderr__ is not None:  # the process's own stderr (a test's capture has no file descriptor)
-        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
+        faulthandler.register(signal.SIGUSR2, file=sys.__stderr__, all_threads=True)
 
     from hybridnas.studies.launch import StudyInterrupted
     from hybridnas.studies.launch import launch as run_launch

@@ -5,10 +5,12 @@ must exit 130 with the resume command, leaving no trial running and its lease re
 
     python tests/ctrl_c_scenario.py FOLDER     # exit 0, or an AssertionError and exit 1
 
-Why a fresh interpreter, and first: inside the full test suite (after ~1,400 tests) the driver
-it starts has more than once not exited within 120 s of its SIGINT, which never happened when
-the same steps ran alone (issue 16's closing note). ``kill -USR1`` of a hung driver prints its
-threads' stacks into ``FOLDER/driver.log``, which the failure shows.
+A person's terminal delivers Ctrl-C with SIGINT at its default, so the scenario sets that
+before it starts the driver: a signal disposition set to "ignore", or a blocked signal, is
+inherited through fork and exec, and a Python started with SIGINT ignored never turns it into
+KeyboardInterrupt. What this process inherited is printed as its first line (``inherited:``),
+and what the driver has for SIGINT is in the failure message if it ever hangs, with its
+threads' stacks (``kill -USR2``, cli.launch's faulthandler) from ``FOLDER/driver.log``.
 """
 
 import contextlib
@@ -40,7 +42,19 @@ def _statuses(url: str) -> list[str]:
             store.dispose()
 
 
+def sigint_state(pid: int | str = "self") -> str:
+    """How the process ``pid`` treats SIGINT, from /proc: e.g. ``ignored=False blocked=False caught=True``."""
+    bit = 1 << (signal.SIGINT - 1)
+    masks = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                 if line.startswith(("SigIgn", "SigBlk", "SigCgt")))
+    return " ".join(f"{name}={bool(int(masks[key], 16) & bit)}"
+                    for name, key in (("ignored", "SigIgn"), ("blocked", "SigBlk"), ("caught", "SigCgt")))
+
+
 def scenario(folder: Path) -> None:
+    print(f"inherited: {sigint_state()}", flush=True)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's shell leaves it
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     url = f"sqlite:///{folder / 'study.db'}"
     log = folder / "driver.log"
     with open(log, "w") as out:
@@ -58,13 +72,15 @@ def scenario(folder: Path) -> None:
         err = refused.getvalue()
         assert code == 2 and f"pid {driver.pid} on " in err and err.count("\n") == 1, err
 
+        driver_sigint = sigint_state(driver.pid)
         driver.send_signal(signal.SIGINT)  # Ctrl-C of the first driver
         try:
             driver.wait(timeout=120)
         except subprocess.TimeoutExpired:  # where it hangs: every thread's stack (cli.launch's faulthandler)
-            os.kill(driver.pid, signal.SIGUSR1)
+            os.kill(driver.pid, signal.SIGUSR2)
             time.sleep(3)
-            raise AssertionError(f"no exit 120 s after Ctrl-C:\n{log.read_text()[-6000:]}") from None
+            raise AssertionError(f"no exit 120 s after Ctrl-C (driver's SIGINT before it: {driver_sigint}):\n"
+                                 f"{log.read_text()[-6000:]}") from None
         err = log.read_text()
     finally:
         if driver.poll() is None:
