@@ -81,32 +81,35 @@ def main():
     intra = ArchSpec.from_pattern(layout(N_MIXERS, 2, fusion="intra"), d_model=D_MODEL, vocab_size=VOCAB,
                                   attn={"rope": False})
     gpt = ArchSpec.from_pattern("*-" * 16, d_model=D_MODEL, vocab_size=VOCAB, attn={"rope": False})  # ~ the same size
+    peak = peak_flops("cuda")  # MFU against this device's bf16 peak (None: a GPU the trainer does not know)
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast, batch {b} x {t}")
+    print(f"backends: { {name: entry['backend'] for name, entry in kernels.backends().items()} }")
+    print("| model | params | tokens/s | MFU |")
+    print("|---|---|---|---|", flush=True)
     rows = []
+
+    def row(name, params, tps, fpt):
+        """Print a row as soon as it is measured: a run cut short keeps what it measured."""
+        rows.append((name, tps))
+        mfu = f"{tps * fpt / peak:.1%}" if peak else "-"
+        print(f"| {name} | {params / 1e6:.0f}M | {tps:,.0f} | {mfu} |", flush=True)
 
     runs = [("inter", inter, False)] if args.eager else []
     for label, spec, compiled in [*runs, ("inter", inter, True), ("intra", intra, True)]:
         ours = measure_training(spec, b, t, compile=compiled)
         name = f"HybridLM {label} 1:5 (hybridnas trainer step" + (", torch.compile)" if compiled else ")")
-        rows.append((name, cost(spec).total.params, ours.train_tokens_per_s, cost(spec, t).total.train_flops_per_token))
+        row(name, cost(spec).total.params, ours.train_tokens_per_s, cost(spec, t).total.train_flops_per_token)
         torch.cuda.empty_cache()
 
-    rows.append(mamba_ssm_row(inter, b, t))  # its model is released on return
+    row(*mamba_ssm_row(inter, b, t))  # its model is released on return
     torch.cuda.empty_cache()
 
     gpt_model = HybridLM(gpt).cuda()
-    rows.append(("plain PyTorch GPT (attention-only HybridLM)", cost(gpt).total.params,
-                 timed_step(gpt_model, gpt_model.loss, b, t), cost(gpt, t).total.train_flops_per_token))
+    row("plain PyTorch GPT (attention-only HybridLM)", cost(gpt).total.params,
+        timed_step(gpt_model, gpt_model.loss, b, t), cost(gpt, t).total.train_flops_per_token)
 
-    peak = peak_flops("cuda")  # MFU against this device's bf16 peak (None: a GPU the trainer does not know)
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast, batch {b} x {t}")
-    print(f"backends: { {name: entry['backend'] for name, entry in kernels.backends().items()} }")
-    print("| model | params | tokens/s | MFU |")
-    print("|---|---|---|---|")
-    for name, params, tps, fpt in rows:
-        mfu = f"{tps * fpt / peak:.1%}" if peak else "-"
-        print(f"| {name} | {params / 1e6:.0f}M | {tps:,.0f} | {mfu} |")
-    theirs = next(tps for name, _, tps, _ in rows if name.startswith("mamba-ssm"))
-    for name, _, tps, _ in rows:
+    theirs = next(tps for name, tps in rows if name.startswith("mamba-ssm"))
+    for name, tps in rows:
         if name.startswith("HybridLM"):
             print(f"{name}: {tps / theirs:.2f}x mamba-ssm's model")
 

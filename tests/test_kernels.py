@@ -556,6 +556,15 @@ def test_linear_cross_entropy_matches_naive():
     assert linear_cross_entropy is kernels.linear_cross_entropy.reference
 
 
+
+def test_the_head_loss_is_fused_only_where_its_fp32_logits_are_large():
+    """A fused backend replaces the reference from 4 GiB of fp32 logits on: the benchmark's
+    16K tokens x 50,304 (3.3 GB) stays on the faster reference, 32K x 50,304 does not."""
+    assert not loss.worth_fusing(8 * 2048, 50304)
+    assert loss.worth_fusing(16 * 2048, 50304)
+    assert loss.worth_fusing(1 << 20, 1024) and not loss.worth_fusing((1 << 20) - 1, 1024)
+
+
 # ----------------------------------------------------------------------------- registry
 
 OP_NAMES = {

@@ -229,11 +229,21 @@ def test_fast_gated_rms_norm_matches_reference(dtype, group_size):
     _compare(norm(kernels.gated_rms_norm), norm(gated_rms_norm_ref), leaves, weights, dtype, ["x", "z", "weight"])
 
 
+def _liger_head_loss():
+    """The fused head + loss itself (the registered op sends shapes this small to the reference)."""
+    import importlib
+
+    from hybridnas.kernels import custom_ops
+
+    return custom_ops.linear_cross_entropy(importlib.import_module("liger_kernel.ops.fused_linear_cross_entropy"))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_linear_cross_entropy_matches_reference(dtype):
-    """Loss and the gradients of x and weight (scaled by an incoming gradient of 2), with
-    ignored targets; fp32, and bf16 autocast over fp32 x and weight as in training. Without
-    grad mode the loss alone is the same."""
+    """Liger's fused head + loss: the loss and the gradients of x and weight (scaled by an
+    incoming gradient of 2), with ignored targets; fp32, and bf16 autocast over fp32 x and
+    weight as in training. Without grad mode the loss alone is the same."""
+    fused = _liger_head_loss()
     gen = torch.Generator(device="cuda").manual_seed(4)
     leaves = [
         torch.randn(1000, 256, generator=gen, device="cuda").requires_grad_(),
@@ -247,11 +257,13 @@ def test_fused_linear_cross_entropy_matches_reference(dtype):
         return lambda x, w: fn(x, w, targets)
 
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        _compare(head(kernels.linear_cross_entropy), head(linear_cross_entropy_ref), leaves, weights, dtype, "xw")
+        _compare(head(fused), head(linear_cross_entropy_ref), leaves, weights, dtype, "xw")
         with torch.no_grad():
-            value, want = kernels.linear_cross_entropy(*leaves, targets), linear_cross_entropy_ref(*leaves, targets)
+            value, want = fused(*leaves, targets), linear_cross_entropy_ref(*leaves, targets)
+            registered = kernels.linear_cross_entropy(*leaves, targets)
     assert value.shape == () and value.dtype == torch.float32
     _close(value, want, TOL[dtype], "no-grad loss")
+    assert torch.equal(registered, want)  # 20 MB of logits: the registered op runs the reference
 
 
 # ---- our Mamba2 against mamba-ssm's ---------------------------------------------------------

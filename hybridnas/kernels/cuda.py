@@ -19,7 +19,9 @@ The kernels that run inside the training step are wrapped as ``torch.library`` c
   shifted multiply-adds for torch.compile to fuse it was 1.3x faster alone but made the
   compiled training step 25% slower, so it was dropped: see docs/benchmarks.md.)
 - ``linear_cross_entropy``: Liger-Kernel's fused linear cross-entropy (pure Triton): the LM
-  head's [N, V] fp32 logits (3.3 GB at 16K tokens x 50K vocabulary) are never materialised.
+  head's [N, V] fp32 logits are never materialised. It saves memory and costs time, so it
+  takes over only from 4 GiB of fp32 logits on (``kernels/loss.py``): at 16K tokens x 50K
+  vocabulary (3.3 GB) the reference runs.
 - ``causal_attention`` with a sliding window: PyTorch's FlexAttention with a block-sparse
   window mask, so only the key blocks inside the window are computed (the reference passes
   a dense boolean mask to SDPA, which computes all T x T scores and cannot use the flash
@@ -44,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hybridnas.kernels import conv, custom_ops, step_ops
+from hybridnas.kernels import conv, custom_ops, loss, step_ops
 from hybridnas.kernels.registry import Op
 
 if TYPE_CHECKING:  # imported where used at run time: FlexAttention loads only on CUDA machines
@@ -124,6 +126,19 @@ def _conv_causal_conv1d(module: types.ModuleType) -> tuple[Callable[..., Tensor]
         return y
 
     return causal_conv1d, causal_conv1d_step
+
+
+def _head_loss_by_size(fused: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """linear_cross_entropy through ``fused`` where the logits are large (``loss.worth_fusing``),
+    else through the reference, which is faster where its logits fit (see ``kernels/loss.py``)."""
+
+    def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+        """x [N, D], weight [V, D], targets [N] -> 0-d fp32 mean loss."""
+        if loss.worth_fusing(x.shape[0], weight.shape[0]):
+            return fused(x, weight, targets)
+        return loss.linear_cross_entropy(x, weight, targets)
+
+    return linear_cross_entropy
 
 
 @lru_cache(maxsize=32)
@@ -209,7 +224,9 @@ def register(ops: dict[str, Op]) -> None:
         ops["linear_cross_entropy"].reason = f"reference F.linear + F.cross_entropy: liger-kernel unavailable ({exc})"
     else:
         ops["linear_cross_entropy"].register_cuda(
-            "liger-kernel", custom_ops.linear_cross_entropy(flce), "Liger-Kernel fused linear cross-entropy (Triton)"
+            "liger-kernel", _head_loss_by_size(custom_ops.linear_cross_entropy(flce)),
+            f"Liger-Kernel fused linear cross-entropy (Triton) from {loss.FUSE_FROM_LOGITS_BYTES >> 30} GiB "
+            "of fp32 logits on; the reference (faster) below",
         )
 
     try:
