@@ -116,10 +116,10 @@ def test_killed_worker_resumes_from_its_rung_at_the_runs_uri_once_then_is_record
     rows = _rows(url)
     assert rows[0]["status"] == "complete" and rows[0]["val_loss"] is not None
     assert rows[0]["metrics"]["details"]["resumed_from"] == "rung-0.pt"
-    assert rows[1]["status"] == "fail" and "worker failed twice" in rows[1]["failure"]
+    assert rows[1]["status"] == "fail" and "worker process died twice" in rows[1]["failure"]
     study = optuna.load_study(study_name="faults", storage=url)
     states = [t.state for t in study.trials]
     assert states[:2] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
-    assert study.trials[1].user_attrs["failure"].startswith("the worker failed twice")
+    assert study.trials[1].user_attrs["failure"].startswith("the worker process died twice")
     assert optuna.trial.TrialState.RUNNING not in states
     assert len([t for t in study.trials if not t.user_attrs.get("not_counted")]) == 3  # the study went on

@@ -40,6 +40,7 @@ from pydantic import (
     model_validator,
 )
 
+from hybridnas.cli_storage import DEFAULT_STORAGE
 from hybridnas.errors import UserError, format_validation_error
 from hybridnas.proxies.recall import RecallConfig
 from hybridnas.search_space.errors import SpecError
@@ -423,7 +424,7 @@ class StudyConfig(_Section):
     """A whole study, resolved. ``model_dump(mode="json")`` is what is saved with it."""
 
     name: str
-    storage: str = "sqlite:///hybridnas.db"
+    storage: str = DEFAULT_STORAGE  # below --storage and HYBRIDNAS_STORAGE (cli_storage.py)
     # where Tune keeps trial folders and rung checkpoints: a local path, a shared one (NFS), or a
     # pyarrow filesystem URI (s3://bucket/runs); None: beside a SQLite file, else ~/hybridnas-runs
     runs_dir: str | None = None
@@ -536,10 +537,15 @@ def _exists(path: Path) -> bool:
         return False
 
 
+def _is_path(target: str) -> bool:
+    """Whether ``target`` names a study file (else a preset)."""
+    return target.endswith(".toml") or "/" in target or "\\" in target or _exists(Path(target))
+
+
 def _read(target: str) -> tuple[str, str]:
     """(file name for messages, TOML text) of a preset name or a path."""
     path = Path(target)
-    if target.endswith(".toml") or "/" in target or "\\" in target or _exists(path):
+    if _is_path(target):
         try:
             if path.is_file() and path.stat().st_size > MAX_STUDY_FILE_BYTES:
                 raise StudyConfigError(f"{target}: {path.stat().st_size:,} bytes; a study file is at most "
@@ -578,16 +584,51 @@ def _apply_override(data: dict, key: str, value: Any) -> None:
     node[leaf] = value
 
 
+URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://")  # two letters at least: C:\ is a path
+BUILTIN_CORPORA = ("sotu",)  # corpus names that are not paths
+
+
+def _anchor_paths(data: dict, folder: Path) -> None:
+    """Make the study's relative paths absolute against ``folder``, in place: the corpus
+    (unless a built-in name), the token cache and the runs folder (unless a URI). Workers
+    run in folders of Ray's own, so a relative path there would name another file."""
+    def anchored(value: Any) -> Any:
+        if not isinstance(value, str) or not value or URI.match(value):
+            return value
+        path = Path(value).expanduser()
+        if path.is_absolute():  # left as written (a relaunch compares the saved text)
+            return value if path == Path(value) else str(path)
+        return str(folder / path)
+
+    trainer = data.get("trainer")
+    if isinstance(trainer, dict):
+        if trainer.get("corpus") not in BUILTIN_CORPORA:
+            trainer["corpus"] = anchored(trainer.get("corpus"))
+        trainer["cache_dir"] = anchored(trainer.get("cache_dir"))
+        for key in ("corpus", "cache_dir"):
+            if trainer[key] is None:
+                del trainer[key]
+    if "runs_dir" in data:
+        data["runs_dir"] = anchored(data["runs_dir"])
+
+
 def load_study_config(target: str, **overrides: Any) -> StudyConfig:
     """The study of a preset name or a ``.toml`` path, with ``overrides`` applied before
     validation. Override keys are top-level (``storage``, ``trials``) or dotted
     (``**{"budget.flops": 1e15}``; ``budget__flops`` works as a keyword too); None values
-    are ignored, so CLI options that were not given can be passed straight through."""
+    are ignored, so CLI options that were not given can be passed straight through.
+
+    Relative paths (``trainer.corpus``, ``trainer.cache_dir``, ``runs_dir``) written in a
+    study file are taken from the file's folder, those given as overrides (``--set``,
+    ``--runs-dir``) from the current one; both are absolute in the result."""
     filename, text = _read(target)
     data = _parse(filename, text)
+    if _is_path(target):
+        _anchor_paths(data, Path(target).expanduser().resolve().parent)
     for key, value in overrides.items():
         if value is not None:
             _apply_override(data, key, value)
+    _anchor_paths(data, Path.cwd())  # what is still relative came from an override (or a preset)
     return parse_study_config(data)
 
 

@@ -80,6 +80,19 @@ class Tally:
     flops_full: float = 0.0  # what the same trials would have spent at full budget
     stop_reason: str | None = None  # why the study stopped before its number of trials, in one line
     failed_out: bool = False  # it stopped because its trials fail alike (launch then exits non-zero)
+    first_failure: str | None = None  # the first failed trial's reason, for the closing line
+
+    def none_completed(self) -> str | None:
+        """One line when this run settled trials and completed none of them (launch then
+        exits non-zero), else None. A relaunch with nothing left to run completed none too,
+        but settled none: that is not a failure."""
+        settled = self.done + self.pruned + self.failed + self.reused + self.infeasible
+        if settled == 0 or self.done + self.reused > 0:
+            return None
+        counts = ", ".join(f"{n} {what}" for n, what in ((self.failed, "failed"), (self.pruned, "pruned"),
+                                                           (self.infeasible, "infeasible")) if n)
+        first = f"; the first failure: {self.first_failure}" if self.first_failure else ""
+        return f"no trial of this run completed ({counts}){first}"
 
 
 def cost_refs(refs: tuple[ObjectiveRef, ...]) -> tuple[ObjectiveRef, ...]:
@@ -353,7 +366,8 @@ class OptunaBridge(Searcher):
             self.tally.pruned += 1
             self.tally.flops_spent += spent
         elif error or report is None or not report.final:
-            self._fail(live, "the worker failed twice (Tune's error log is in the trial directory)")
+            self._fail(live, "the worker process died twice (killed, or out of host memory; Tune's error log is in "
+                             "the trial directory)")
             self.tally.flops_spent += budget
         else:
             self._tell_final(live, report)
@@ -404,6 +418,7 @@ class OptunaBridge(Searcher):
         self._write(live, status="fail", failure=reason, **columns)
         self.study.tell(live.number, state=optuna.trial.TrialState.FAIL)
         self.tally.failed += 1
+        self.tally.first_failure = self.tally.first_failure or reason
         self._failure_streak.append(re.sub(r"\d[\d.e+-]*", "#", reason))  # alike up to the numbers in it
         streak = self._failure_streak[-SAME_FAILURES_STOP:]
         if before_any_success and len(streak) == SAME_FAILURES_STOP and len(set(streak)) == 1:

@@ -8,7 +8,6 @@ one GPU per trial). Rerunning a finished study's command adds no trials.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from hybridnas.cluster import ensure_ray
 from hybridnas.errors import UserError, check_writable_dir
 from hybridnas.pareto import pareto_front
 from hybridnas.studies.changes import measured_with
+from hybridnas.studies.config import URI
 from hybridnas.studies.driver import WAITING, OptunaBridge, ParetoScheduler, Tally
 from hybridnas.studies.lease import take_lease
 from hybridnas.studies.resources import ASSUMED_GPU_BYTES, Cluster, check_placeable, trial_resources
@@ -56,7 +56,6 @@ def runs_dir_for(storage_url: str, study: str) -> Path:
     return base / study
 
 
-_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://")  # two letters at least: C:\ is a path
 
 
 def runs_location(config, storage_url: str) -> str | Path:
@@ -64,7 +63,7 @@ def runs_location(config, storage_url: str) -> str | Path:
     pyarrow storage; a path is made absolute), else :func:`runs_dir_for`."""
     if config.runs_dir is None:
         return runs_dir_for(storage_url, config.name)
-    if _URI.match(config.runs_dir):
+    if URI.match(config.runs_dir):
         return f"{config.runs_dir.rstrip('/')}/{config.name}"
     return Path(config.runs_dir).expanduser().resolve() / config.name
 

@@ -14,6 +14,7 @@ import os
 import platform
 import shutil
 import time
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -23,20 +24,50 @@ from hybridnas.studies.protocol import TrialReport, TrialRequest, report_to_tune
 if TYPE_CHECKING:
     from hybridnas.trainer import RungReport, TrainResult
 
-__all__ = ["run_trial"]
+__all__ = ["run_trial", "TRACEBACK_LINES"]
+
+
+TRACEBACK_LINES = 12  # of a failed trial's traceback, kept in its row (metrics.details.traceback)
 
 
 def run_trial(config: dict) -> None:
-    """Tune's function trainable: ``config`` is :func:`~hybridnas.studies.protocol.request_to_tune`'s."""
+    """Tune's function trainable: ``config`` is :func:`~hybridnas.studies.protocol.request_to_tune`'s.
+
+    An exception (a bug, a file that broke) is the trial's result, ``status = "error"`` with
+    the exception's own text as its failure and the traceback's last lines in its details:
+    raised on, Tune would run the trial again for the same error and the database would hold
+    only that the worker failed. A worker that dies (killed, out of host memory) is retried
+    by Tune from its last rung checkpoint. Tune stops a trial at a rung with SystemExit,
+    which is not an Exception and passes."""
+    from ray import tune
+
+    started = time.perf_counter()
+    try:
+        _run_trial(request_from_tune(config), started)
+    except Exception as exc:
+        lines = "".join(traceback.format_exception(exc)).rstrip().splitlines()
+        tune.report(report_to_tune(TrialReport(
+            rung=None, status="error", failure=_exception_line(exc), details={"traceback": lines[-TRACEBACK_LINES:]},
+            wall_s=time.perf_counter() - started, hardware=_hardware())))
+
+
+def _exception_line(exc: BaseException) -> str:
+    """``Type: message (file.py:line in function)``, one line, the innermost frame named."""
+    message = " ".join(str(exc).split()) or "(no message)"
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    return f"{type(exc).__name__}: {message}{where}"
+
+
+def _run_trial(request: TrialRequest, started: float) -> None:
+    """Train ``request``'s candidate (each seed), report each rung, then the measured result."""
     from ray import tune
 
     from hybridnas.trainer import TrainConfig, train
 
-    request = request_from_tune(config)
     # runs that go to a URI train in the local folder Tune gives the trial (it uploads checkpoints)
     trial_dir = Path(request.trial_dir or tune.get_context().get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
     _cap_gpu_memory()
 
     def at_rung(rung: RungReport) -> Literal["continue", "stop"]:
