@@ -20,6 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hybridnas.cli_export import export_command
+from hybridnas.cli_storage import DEFAULT_STORAGE, STORAGE_ENV, storage_override, storage_url
 from hybridnas.errors import UserError, check_writable_dir
 from hybridnas.search_space import CostReport, cost, load_spec
 from hybridnas.search_space.examples import EXAMPLES
@@ -27,8 +29,10 @@ from hybridnas.search_space.examples import EXAMPLES
 app = typer.Typer(
     name="hybridnas",
     help="Architecture search for hybrid attention / Mamba-2 language models.",
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion on the root command
     pretty_exceptions_enable=False,
+    # inherited by every command's context, the sub-apps' too
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 # Piped output (CI logs, files) gets a wide console instead of rich's 80 columns.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
@@ -94,10 +98,23 @@ def print_cost_table(name: str, report: CostReport) -> None:
 # ---- commands -----------------------------------------------------------------------------
 
 
+def _print_version(value: bool) -> None:
+    """``--version``: the installed distribution's version (what pip sees), then exit."""
+    if value:
+        print(f"hybridnas {_version('hybridnas')}")
+        raise typer.Exit()
+
+
 @app.callback(invoke_without_command=True)
-def _root(ctx: typer.Context) -> None:
+def _root(
+    ctx: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     if ctx.invoked_subcommand is None:  # bare `hybridnas`: show the commands
         print(ctx.get_help())
+
 
 SeqLen = Annotated[int, typer.Option("--seq-len", min=1, help="Sequence length / context T.")]
 DModel = Annotated[int | None, typer.Option("--d-model", help="Override d_model (sizes re-derived).")]
@@ -281,21 +298,20 @@ def doctor() -> None:
 
 # ---- studies ------------------------------------------------------------------------------
 
-DEFAULT_STORAGE = "sqlite:///hybridnas.db"
+# the precedence itself lives in cli_storage.py; these only say it in --help
 StorageOption = Annotated[
-    str | None, typer.Option("--storage", help="database URL (default: the study's, or sqlite:///hybridnas.db)")
+    str | None, typer.Option("--storage", help=f"database URL (default: ${STORAGE_ENV}, else {DEFAULT_STORAGE})")
 ]
-
-
-def _storage(given: str | None) -> str:
-    """The ``--storage`` URL, or the default when none is given (an empty one is an error, not the default)."""
-    return DEFAULT_STORAGE if given is None else given
+LaunchStorageOption = Annotated[
+    str | None, typer.Option("--storage", help=f"database URL (default: ${STORAGE_ENV}, else the study file's "
+                             f"storage, else {DEFAULT_STORAGE})")
+]
 
 
 @app.command()
 def launch(
     target: Annotated[str, typer.Argument(help="a preset name (quickstart, ...) or a study.toml")],
-    storage: StorageOption = None,
+    storage: LaunchStorageOption = None,
     ray_address: Annotated[
         str | None, typer.Option("--ray-address", help="a running Ray cluster (default: start one here)")
     ] = None,
@@ -315,8 +331,31 @@ def launch(
         typer.Option("--allow-change", help="resume a study whose file changed this KEY (sampler, baselines, "
                      "enqueue, trainer.device, trainer.compile, trainer.corpus); repeatable"),
     ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the resolved study, its space, budget and resources; "
+                           "start, train and write nothing")
+    ] = False,
 ) -> None:
     """Run a study (or resume it) to its number of trials; print its Pareto set."""
+    if trials is not None and trials < 1:
+        raise UserError(f"--trials={trials}: must be at least 1")
+    overrides = dict(_setting(s) for s in settings or ())
+    # --set storage= is given on the command line too: it beats HYBRIDNAS_STORAGE like --storage
+    url = storage_override(storage, set_on_command_line="storage" in overrides)
+    if dry_run:
+        from hybridnas.cli_dry_run import dry_run as plan_dry_run
+        from hybridnas.cli_dry_run import format_dry_run
+
+        print(format_dry_run(plan_dry_run(target, storage=url, ray_address=ray_address, trials=trials,
+                                          runs_dir=runs_dir, settings=overrides)))
+        return
+    _launch_and_report(target, storage=url, ray_address=ray_address, trials=trials, runs_dir=runs_dir,
+                       settings=overrides, allow_change=tuple(allow_change or ()))
+
+
+def _launch_and_report(target: str, **options: Any) -> None:
+    """The study run by studies/launch.py, then its tally and Pareto set; exit 1 if trials
+    failed out, EXIT_INTERRUPTED after Ctrl-C (with the command that resumes it)."""
     import faulthandler
     import shlex
     import signal
@@ -329,11 +368,8 @@ def launch(
     from hybridnas.studies.launch import StudyInterrupted
     from hybridnas.studies.launch import launch as run_launch
 
-    if trials is not None and trials < 1:
-        raise UserError(f"--trials={trials}: must be at least 1")
     try:
-        report = run_launch(target, storage=storage, ray_address=ray_address, trials=trials, runs_dir=runs_dir,
-                            settings=dict(_setting(s) for s in settings or ()), allow_change=tuple(allow_change or ()))
+        report = run_launch(target, **options)
     except StudyInterrupted as stopped:
         print(f"{stopped}; no trial is left running. Resume with the same command: "
               f"{shlex.join(['hybridnas', *sys.argv[1:]])}", file=sys.stderr)
@@ -346,6 +382,9 @@ def launch(
         console.print(t.stop_reason)
     names = [o.name for o in report.objectives]
     _print_rows(report.pareto, names, title=f"Pareto set of {report.study} on {', '.join(names)}")
+    if nothing := t.none_completed():  # a run that trained nothing is not a success
+        print(f"error: {nothing}", file=sys.stderr)
+        raise typer.Exit(1)
     if t.failed_out:
         raise typer.Exit(1)
 
@@ -364,12 +403,88 @@ def _setting(text: str) -> tuple[str, Any]:
         return key.strip(), value
 
 
+# ---- study files: init, config schema ------------------------------------------------------
+# Only `launch` reads a study file, so only it takes --set; `init` copies a preset as it is,
+# and the copy is what to edit.
+
+
+@app.command()
+def init(
+    preset: Annotated[str, typer.Argument(help="the preset to copy (quickstart, bae-small, ...)")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="write this file (never overwritten) instead of stdout")
+    ] = None,
+) -> None:
+    """Print a preset's study file, comments kept, to edit: hybridnas init quickstart > study.toml"""
+    text = _preset_text(preset)
+    if output is None:
+        print(text, end="")
+        return
+    try:
+        with output.open("x", encoding="utf-8") as out:  # "x": an existing file is refused, not replaced
+            out.write(text)
+    except FileExistsError:
+        raise UserError(f"-o {output}: exists; not overwritten (remove it or name another file)") from None
+    except OSError as exc:
+        raise UserError(f"-o {output}: cannot be written ({exc.strerror or exc})") from None
+    print(f"wrote {output} (preset {preset}); run it with: hybridnas launch {output}", file=sys.stderr)
+
+
+def _preset_text(name: str) -> str:
+    """A built-in preset's TOML as shipped; an unknown name is a UserError naming the presets."""
+    from importlib import resources
+
+    from hybridnas.studies.config import StudyConfigError, preset_names
+
+    names = preset_names()
+    if name not in names:
+        raise StudyConfigError(f"unknown preset {name!r} (available: {', '.join(names)})")
+    # the folder preset_names lists (studies/presets/)
+    return (resources.files("hybridnas.studies") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
+
+
+config_app = typer.Typer(help="The study file format.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON schema of a study file (for editors and validators)."""
+    from hybridnas.studies.schema import study_schema
+
+    print(json.dumps(study_schema(), indent=2))
+
+
+@app.command()
+def delete(
+    study: Annotated[str, typer.Argument(help="the study's name")],
+    storage: StorageOption = None,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask; required where stdin is not a terminal")] = False,
+) -> None:
+    """Delete a study: Optuna's study and its hybridnas_trials rows (its runs folder stays)."""
+    from hybridnas.studies.launch import delete_study
+
+    url = storage_url(storage)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UserError(f"delete {study}: pass --yes to delete without a question (stdin is not a terminal)")
+        typer.confirm(f"delete study {study} and all its results from {url}?", abort=True)
+    removed = delete_study(url, study)
+    print(f"deleted study {study}: the Optuna study and {removed} result rows")
+
+
+app.command("export")(export_command)  # written in cli_export.py, beside the formats' package
+
+
+# ---- reading a study database ----------------------------------------------------------------
+
+
 @app.command()
 def studies(storage: StorageOption = None) -> None:
     """List the studies in a database."""
     from hybridnas.studies.query import list_studies
 
-    found = list_studies(_storage(storage))
+    found = list_studies(storage_url(storage))
     counts = ("trials", "complete", "pruned", "fail", "running", "copy")
     table = Table("study", *counts[:-1], "copies", "best val_loss")
     for s in found:
@@ -398,7 +513,7 @@ def query(
     if output not in ("table", "csv", "json"):
         raise UserError(f"--format={output}: expected table, csv or json")
     objectives = [p.strip() for p in pareto.split(",") if p.strip()] if pareto else []
-    rows = query_study(_storage(storage), study, where=where, pareto=objectives or None, sort=sort,
+    rows = query_study(storage_url(storage), study, where=where, pareto=objectives or None, sort=sort,
                        copies=copies)
     if output == "table":
         _print_rows(rows, objectives, title=f"{study}: {len(rows)} trials")
@@ -419,7 +534,7 @@ def dashboard(
     from hybridnas.analysis.dashboard import serve
     from hybridnas.analysis.study import list_studies
 
-    url = _storage(storage)
+    url = storage_url(storage)
     if not 0 < port < 65536:
         raise UserError(f"--port={port}: must be between 1 and 65535")
     names = list_studies(url)  # a database that cannot be opened: StorageError
@@ -468,7 +583,7 @@ def report(
         raise UserError(f"-o {output}: the report is HTML; name a .html file")
     if not output.parent.exists():
         raise UserError(f"-o {output}: folder {output.parent} does not exist")
-    path = write_report(_storage(storage), study, output)  # no such study: StudyNotFound
+    path = write_report(storage_url(storage), study, output)  # no such study: StudyNotFound
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -486,7 +601,7 @@ def fidelity(
     """How well rung losses, seeds and another study rank a study's finished candidates."""
     from hybridnas.analysis.fidelity import load_fidelity
 
-    result = load_fidelity(_storage(storage), study, against)  # unknown or unrankable: a UserError
+    result = load_fidelity(storage_url(storage), study, against)  # unknown or unrankable: a UserError
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
         return
@@ -606,4 +721,6 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except SystemExit as exc:  # typer's --install-completion / --show-completion exit, done
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT if exc.code else 0
     return code if isinstance(code, int) else 0

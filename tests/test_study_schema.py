@@ -65,14 +65,18 @@ def test_v1_table_is_upgraded_in_place(v1_url):
     assert all(r["spec_key"] == ArchSpec.from_dict(r["spec"]).short_id for r in before)  # what v1 stored
 
     store.create()
-    assert store.schema_version() == SCHEMA_VERSION == 2
+    assert store.schema_version() == SCHEMA_VERSION == 3
     assert "seed" not in _columns(v1_url)
     after = store.rows(STUDY)
     store.dispose()
-    # nothing else changed; spec_key is now Optuna's spec_key attribute of the trained trials
-    keep = lambda r: {k: v for k, v in r.items() if k not in ("spec_key", "seed")}  # noqa: E731
+    # nothing else changed; spec_key is now Optuna's spec_key attribute of the trained trials,
+    # and each row names its Optuna study by id (v3)
+    keep = lambda r: {k: v for k, v in r.items() if k not in ("spec_key", "seed", "optuna_study_id")}  # noqa: E731
     assert [keep(r) for r in after] == [keep(r) for r in before]
-    trials = optuna.load_study(study_name=STUDY, storage=v1_url).trials
+    optuna_study = optuna.load_study(study_name=STUDY, storage=v1_url)
+    assert {r["optuna_study_id"] for r in before} == {None} and {r["optuna_study_id"] for r in after} == {
+        optuna_study._study_id}
+    trials = optuna_study.trials
     for row in after:
         assert row["spec_key"] == ArchSpec.from_dict(row["spec"]).key
         if row["reused_from"] is None:
@@ -108,5 +112,29 @@ def test_newer_schema_is_refused(database_url):
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE hybridnas_schema SET version = 99"))
     engine.dispose()
-    with pytest.raises(StorageError, match="schema version 99, newer than this hybridnas's 2"):
+    with pytest.raises(StorageError, match="schema version 99, newer than this hybridnas's 3"):
         ResultsStore(database_url).create()
+
+
+V2 = Path(__file__).parent / "data" / "v2-study.db"  # the test-tiny study, 6 trials simulated by hybridnas at 46b162b
+
+
+def test_v2_table_gets_each_rows_optuna_study_id_and_resumes(tmp_path):
+    url = f"sqlite:///{tmp_path / 'v2.db'}"
+    shutil.copy(V2, tmp_path / "v2.db")
+    store = ResultsStore(url)
+    assert store.schema_version() == 2
+    before = store.rows("v2-study")
+    store.create()
+    after = store.rows("v2-study")
+    study_id = optuna.load_study(study_name="v2-study", storage=url)._study_id
+    assert store.schema_version() == SCHEMA_VERSION == 3 and len(after) == len(before) > 0
+    assert [{**r, "optuna_study_id": None} for r in after] == before
+    assert {r["optuna_study_id"] for r in after} == {study_id}
+
+    config = load_study_config("test-tiny", storage=url, trials=8, name="v2-study")
+    simulate(config, runs_dir=tmp_path / "runs")  # resumes: the old rows stay, new ones carry the id too
+    resumed = store.rows("v2-study")
+    store.dispose()
+    assert len(resumed) > len(after) and {r["optuna_study_id"] for r in resumed} == {study_id}
+    assert [r for r in resumed if r["id"] in {a["id"] for a in after}] == after

@@ -275,6 +275,7 @@ class OptunaBridge(Searcher):
         except Infeasible as exc:
             # PRUNED, as the constrained samplers expect: they learn from its constraint values
             trial.set_user_attr("infeasible", exc.reason)
+            trial.set_user_attr("stopped", "infeasible")
             trial.set_user_attr("not_counted", True)
             self.counted -= 1
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -285,6 +286,7 @@ class OptunaBridge(Searcher):
         twin = self.settled.get(key)
         if twin is not None:  # the same candidate, the same budget: a copy (see the module docstring)
             trial.set_user_attr("reused_from", twin.number)
+            trial.set_user_attr("stopped", "reused")
             trial.set_user_attr("not_counted", True)
             trial.set_user_attr("failure", f"a copy of trial {twin.number} (same spec, same budget): not trained")
             self.counted -= 1
@@ -300,6 +302,7 @@ class OptunaBridge(Searcher):
         training = next((live for live in self.live.values() if live.fixed["spec_key"] == key), None)
         if training is not None:  # the same candidate is training now: wait for its result, not train it again
             trial.set_user_attr("reused_from", training.number)
+            trial.set_user_attr("stopped", "reused")
             trial.set_user_attr("not_counted", True)
             self.counted -= 1
             waiter = _Live(trial.number, trial._trial_id, spec, self._fixed_columns(spec, params, baseline))
@@ -361,6 +364,7 @@ class OptunaBridge(Searcher):
             spent = live.rungs[-1]["flops"] if live.rungs else 0.0
             self._write(live, status="pruned", val_loss=live.rungs[-1]["val_loss"] if live.rungs else None,
                         flops_spent=spent)
+            self._stopped_at_rung(live)
             self.study.tell(live.number, state=optuna.trial.TrialState.PRUNED)
             self._settle(live.fixed["spec_key"], live.number, optuna.trial.TrialState.PRUNED, None)
             self.tally.pruned += 1
@@ -373,6 +377,16 @@ class OptunaBridge(Searcher):
             self._tell_final(live, report)
         self._resolve_waiters(live.number)
         self.on_change()
+
+    def _stopped_at_rung(self, live: _Live) -> None:
+        """What Optuna's own tools show of a trial the rung rule stopped: why, and where (its
+        last rung's index, validation loss, tokens and FLOPs), as user attributes."""
+        storage = self.study._storage
+        storage.set_trial_user_attr(live.trial_id, "stopped", "rung")
+        if live.rungs:
+            last = live.rungs[-1]
+            for key in ("rung", "val_loss", "tokens", "flops"):
+                storage.set_trial_user_attr(live.trial_id, key if key == "rung" else f"rung_{key}", last.get(key))
 
     def _sweep_flops(self) -> float:
         """What the first seed's learning-rate sweep adds to a full run: the other rates'
@@ -443,7 +457,8 @@ class OptunaBridge(Searcher):
         return {r.metric.column: values[r.metric_key] for r in refs if r.metric is not None}
 
     def _write(self, live: _Live, status: str, **columns: Any) -> None:
-        row = {"study": self.study.study_name, "trial": live.number, "status": status, **live.fixed,
+        row = {"study": self.study.study_name, "optuna_study_id": self.study._study_id, "trial": live.number,
+               "status": status, **live.fixed,
                "rungs": live.rungs, "lr": live.lr, "versions": _versions(), **columns}
         self.store.upsert(row)
 

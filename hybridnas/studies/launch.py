@@ -25,7 +25,8 @@ from hybridnas.studies.lease import take_lease
 from hybridnas.studies.resources import ASSUMED_GPU_BYTES, Cluster, check_placeable, trial_resources
 from hybridnas.studies.storage import ResultsStore, normalize_url
 
-__all__ = ["begin_study", "launch", "LaunchReport", "StudyInterrupted", "pareto_rows", "runs_dir_for", "runs_location"]
+__all__ = ["begin_study", "delete_study", "launch", "LaunchReport", "name_metrics", "StudyInterrupted", "pareto_rows",
+           "runs_dir_for", "runs_location"]
 
 
 @dataclass
@@ -145,9 +146,12 @@ class StudyInterrupted(Exception):
         self.study, self.requeued = study, requeued
 
 
-def begin_study(study: optuna.Study, config, space) -> None:
-    """A new study's first writes: its config and the defaults it is measured with (what a
-    relaunch is checked against), then its baselines and enqueued candidates, in that order."""
+def begin_study(study: optuna.Study, config, space, store: ResultsStore) -> None:
+    """A new study's first writes: the rows an earlier study of its name left (one deleted in
+    Optuna, say) go; its config and the defaults it is measured with (what a relaunch is
+    checked against); then its baselines and enqueued candidates, in that order."""
+    store.forget(config.name)
+    name_metrics(study, config)
     study.set_user_attr("config", config.model_dump(mode="json"))
     study.set_user_attr("measured_with", measured_with(config))
     for name in config.baselines:
@@ -156,6 +160,43 @@ def begin_study(study: optuna.Study, config, space) -> None:
         study.enqueue_trial(space.baseline_params(name) or {}, user_attrs={"baseline": name})
     for i, params in enumerate(config.enqueue):
         study.enqueue_trial(dict(params), user_attrs={"enqueued": i})
+
+
+def delete_study(url: str, name: str) -> int:
+    """Delete the study ``name`` from Optuna's tables and its rows from ``hybridnas_trials``;
+    returns the number of rows deleted. UserError if there is no such study; StudyBusy if a
+    live driver holds it (its lease is taken for the deletion, so none can start meanwhile).
+    Its runs folder (checkpoints) is left alone."""
+    reader = ResultsStore(url, readonly=True)  # looking creates nothing
+    try:
+        optuna_storage = reader.optuna_reader()
+        known = {s.study_name for s in optuna_storage.get_all_studies()} if optuna_storage is not None else set()
+        rows = set(reader.studies()) if reader.has_table() else set()
+    finally:
+        reader.dispose()
+    if name not in known | rows:
+        raise UserError(f"no study {name!r} in {url} (studies: {', '.join(sorted(known | rows)) or 'none'})")
+    store = ResultsStore(url)
+    try:
+        store.create()  # the lease table, and a results table of this version
+        with take_lease(store, name):
+            if name in known:
+                optuna.delete_study(study_name=name, storage=url)
+            return store.forget(name)
+    finally:
+        store.dispose()
+
+
+def name_metrics(study: optuna.Study, config) -> None:
+    """Optuna's metric names are the objectives' labels (``val_loss``, ``decode_tokens_per_s@8192``),
+    so optuna-dashboard and ``study.metric_names`` name each value; set where missing."""
+    import warnings
+
+    labels = [ref.label for ref in config.refs]
+    if study.metric_names != labels:
+        with warnings.catch_warnings():  # set_metric_names is marked experimental by Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(labels)
 
 
 def _saved_study(url: str, name: str) -> optuna.Study | None:
@@ -258,7 +299,9 @@ def launch(target: str, *, storage: str | None = None, ray_address: str | None =
         for key, value in accepted.items():
             study.set_user_attr(key, value)
         if resumed is None:
-            begin_study(study, config, space)
+            begin_study(study, config, space, store)
+        else:
+            name_metrics(study, config)  # a study from before metric names were set
         _reconcile(study, store, config.refs, "the driver stopped while it ran; its candidate was requeued")
         tally = _run(study, space, config, store, url, progress, cluster)
     report = LaunchReport(config.name, url, tally, pareto_rows(store, config), list(config.refs))

@@ -84,7 +84,7 @@ def simulate(config: StudyConfig, *, runs_dir: Path, outcome: Outcome = made_up_
     study = optuna.create_study(study_name=config.name, storage=config.storage, sampler=make_sampler(config),
                                 load_if_exists=True, directions=list(config.directions))
     if not study.get_trials(deepcopy=False):
-        begin_study(study, config, space)
+        begin_study(study, config, space, store)
     tally = Tally()
     scheduler = ParetoScheduler.for_study(config)
     bridge = OptunaBridge(study=study, space=space,

@@ -64,6 +64,9 @@ TRIALS = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("study", String(200), nullable=False, index=True),
+    # Optuna's id of the study (its studies.study_id), for joins with Optuna's tables; a new
+    # study of a name removes the rows of its predecessor first (ResultsStore.forget)
+    Column("optuna_study_id", Integer, index=True),
     Column("trial", Integer, nullable=False),  # Optuna's trial number
     Column("status", String(16), nullable=False),  # complete | pruned | fail | running | copy
     Column("failure", Text),  # why a trial failed or was not trained
@@ -115,7 +118,8 @@ TRIALS = Table(
 # write it wrong).
 #   1  (no hybridnas_schema table) spec_key held ArchSpec.short_id; a never-written seed column
 #   2  spec_key holds ArchSpec.key, the same as Optuna's spec_key trial attribute; no seed
-SCHEMA_VERSION = 2
+#   3  optuna_study_id: each row names its Optuna study by id, not by name alone
+SCHEMA_VERSION = 3
 SCHEMA = Table("hybridnas_schema", metadata, Column("version", Integer, nullable=False))
 
 
@@ -215,7 +219,19 @@ def _upgrade_1_to_2(conn) -> None:
         conn.execute(text(f'ALTER TABLE {TRIALS.name} DROP COLUMN "seed"'))
 
 
-_UPGRADES = {1: _upgrade_1_to_2}  # from version -> the step to the next
+def _upgrade_2_to_3(conn) -> None:
+    """optuna_study_id from Optuna's studies table, by name, where Optuna's tables are here.
+    A row whose study Optuna no longer has keeps None: an orphan, left for ``forget`` (a new
+    study of its name removes it) rather than deleted by an upgrade."""
+    from sqlalchemy import inspect, text
+
+    if not inspect(conn).has_table("studies"):
+        return
+    conn.execute(text(f"UPDATE {TRIALS.name} SET optuna_study_id = (SELECT studies.study_id FROM studies "
+                      f"WHERE studies.study_name = {TRIALS.name}.study) WHERE optuna_study_id IS NULL"))
+
+
+_UPGRADES = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3}  # from version -> the step to the next
 
 
 def _sqlite_connect_readonly(uri: str):
@@ -337,6 +353,13 @@ class ResultsStore:
             result = conn.execute(query)
             names = list(result.keys())
             return [{**missing, **dict(zip(names, r, strict=True))} for r in result]  # a row has every key
+
+    def forget(self, study: str) -> int:
+        """Delete every row of ``study``; returns how many went. A new Optuna study of a name
+        that rows still carry (one deleted with ``optuna delete-study``) starts with this:
+        SQLite gives a new study the id of a deleted one, so the id alone cannot tell them apart."""
+        with self.engine.begin() as conn:
+            return int(conn.execute(TRIALS.delete().where(TRIALS.c.study == study)).rowcount or 0)
 
     def version(self, study: str) -> str:
         """A cheap stamp that changes whenever the rows of ``study`` do: their number, the
