@@ -1,6 +1,6 @@
 """``hybridnas launch --dry-run``: what a launch would do, without doing any of it.
 
-It resolves the study as ``launch`` does (the same ``load_study_config`` call, the same
+It resolves the study as ``launch`` does (the same ``launch_config`` call, the same
 overrides), then reports the search space's size, each trial's FLOPs and tokens, the total
 budget, and where the trials would run with which resources. It starts no Ray, trains
 nothing, and neither opens nor creates the database or the runs folder: every figure comes
@@ -68,15 +68,12 @@ def dry_run(target: str, *, storage: str | None, ray_address: str | None, trials
     the same UserError launch raises before it writes anything)."""
     from sqlalchemy.engine import make_url
 
-    from hybridnas.studies.config import load_study_config
     from hybridnas.studies.driver import ENUMERATION_LIMIT
-    from hybridnas.studies.launch import runs_location
+    from hybridnas.studies.launch import launch_config, runs_location
     from hybridnas.studies.space import SearchSpace
     from hybridnas.studies.storage import normalize_url
 
-    # the overrides exactly as studies/launch.py's launch() merges them: options beat --set
-    given = {"storage": storage, "trials": trials, "runs_dir": runs_dir}
-    config = load_study_config(target, **{**settings, **{k: v for k, v in given.items() if v is not None}})
+    config = launch_config(target, storage=storage, trials=trials, runs_dir=runs_dir, settings=settings)
     space = SearchSpace(config)
     space.check_enqueued()
     url = normalize_url(config.storage)

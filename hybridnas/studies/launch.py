@@ -25,8 +25,8 @@ from hybridnas.studies.lease import take_lease
 from hybridnas.studies.resources import ASSUMED_GPU_BYTES, Cluster, check_placeable, trial_resources
 from hybridnas.studies.storage import ResultsStore, normalize_url
 
-__all__ = ["begin_study", "delete_study", "launch", "LaunchReport", "name_metrics", "StudyInterrupted", "pareto_rows",
-           "runs_dir_for", "runs_location"]
+__all__ = ["begin_study", "delete_study", "launch", "launch_config", "LaunchReport", "name_metrics",
+           "StudyInterrupted", "pareto_rows", "runs_dir_for", "runs_location"]
 
 
 @dataclass
@@ -268,6 +268,16 @@ def _check_before_writing(config, space, url: str, local: bool) -> None:
             raise StudyConfigError(f"baseline {name}: {exc}") from None
 
 
+def launch_config(target: str, *, storage: str | None = None, trials: int | None = None,
+                  runs_dir: str | None = None, settings: dict[str, Any] | None = None):
+    """The StudyConfig a launch of ``target`` runs: ``settings`` (``--set``) applied, then the
+    options given (``--storage``, ``--trials``, ``--runs-dir``), which beat them."""
+    from hybridnas.studies.config import load_study_config
+
+    given = {"storage": storage, "trials": trials, "runs_dir": runs_dir}
+    return load_study_config(target, **{**(settings or {}), **{k: v for k, v in given.items() if v is not None}})
+
+
 def launch(target: str, *, storage: str | None = None, ray_address: str | None = None, trials: int | None = None,
            runs_dir: str | None = None, progress: bool = True, settings: dict[str, Any] | None = None,
            allow_change: tuple[str, ...] = ()) -> LaunchReport:
@@ -275,12 +285,9 @@ def launch(target: str, *, storage: str | None = None, ray_address: str | None =
     ``load_study_config`` takes them: ``{"budget.flops": 1.6e15, "name": "bae-small-4x"}``).
     Relaunching a study with a changed config raises StudyChanged unless every change is
     free or named in ``allow_change`` (studies/changes.py)."""
-    from hybridnas.studies.config import load_study_config
     from hybridnas.studies.space import SearchSpace, make_sampler
 
-    given = {"storage": storage, "trials": trials, "runs_dir": runs_dir}
-    overrides = {**(settings or {}), **{k: v for k, v in given.items() if v is not None}}
-    config = load_study_config(target, **overrides)
+    config = launch_config(target, storage=storage, trials=trials, runs_dir=runs_dir, settings=settings)
     space = SearchSpace(config)
     url = normalize_url(config.storage)
     _check_before_writing(config, space, url, local=ray_address in (None, "local"))
